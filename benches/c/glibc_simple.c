@@ -1,0 +1,200 @@
+/*
+ * glibc_simple.c - glibc "bench-malloc-simple" style single-thread test.
+ *
+ * Models the fast path of a single-threaded program: repeatedly malloc a
+ * batch of small blocks (random sizes in [16, 64] bytes), write a pattern
+ * into each, then verify and free the whole batch (in allocation order on
+ * even iterations, in reverse order on odd ones).
+ *
+ * Usage: glibc_simple [iterations=100000] [batch=1000]
+ *   iterations   number of batches
+ *   batch        blocks per batch
+ *
+ * Output: "checksum: <hex>" (deterministic for given arguments, independent
+ * of allocator) and "rss_peak_kb: N".
+ *
+ * Build: gcc -O2 -Wall -Wextra -pthread -o glibc_simple glibc_simple.c
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- common helpers (copied into every benchmark so each file stands alone) ---- */
+
+/* splitmix64 finaliser */
+static inline uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* splitmix64 PRNG; one per thread / work unit, always seeded with fixed values */
+typedef struct { uint64_t s; } rng_t;
+
+static inline uint64_t rng_next(rng_t *r)
+{
+    r->s += 0x9e3779b97f4a7c15ULL;
+    return mix64(r->s);
+}
+
+/* value in [lo, hi] (inclusive) */
+static inline uint64_t rng_range(rng_t *r, uint64_t lo, uint64_t hi)
+{
+    return lo + rng_next(r) % (hi - lo + 1);
+}
+
+static inline void put64(void *p, uint64_t v) { memcpy(p, &v, 8); }
+static inline uint64_t get64(const void *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* expected content of the 8-byte word at byte offset `off` of a block tagged `tag` */
+static inline uint64_t pat(uint64_t tag, size_t off)
+{
+    return tag ^ ((uint64_t)off * 0xd6e8feb86659fd93ULL);
+}
+
+/* Write the pattern: one word every `stride` bytes (stopping before the last
+ * word so that the two never overlap) plus the last word.  Needs n >= 8. */
+static inline void fill(void *p, size_t n, uint64_t tag, size_t stride)
+{
+    unsigned char *b = p;
+    for (size_t off = 0; off + 16 <= n; off += stride)
+        put64(b + off, pat(tag, off));
+    put64(b + n - 8, pat(tag, n - 8));
+}
+
+static inline void corrupt(const void *p, size_t n, size_t off, uint64_t got, uint64_t want)
+{
+    fprintf(stderr, "ERROR: memory corruption in block %p (size %zu) at offset %zu: "
+            "got %016" PRIx64 ", expected %016" PRIx64 "\n", p, n, off, got, want);
+    exit(1);
+}
+
+/* Verify the pattern written by fill(); returns a hash of the words read back. */
+static inline uint64_t check(const void *p, size_t n, uint64_t tag, size_t stride)
+{
+    const unsigned char *b = p;
+    uint64_t acc = n;
+    for (size_t off = 0; off + 16 <= n; off += stride) {
+        uint64_t v = get64(b + off);
+        if (v != pat(tag, off))
+            corrupt(p, n, off, v, pat(tag, off));
+        acc = acc * 31 + v;
+    }
+    uint64_t v = get64(b + n - 8);
+    if (v != pat(tag, n - 8))
+        corrupt(p, n, n - 8, v, pat(tag, n - 8));
+    return mix64(acc + v);
+}
+
+static inline void *xalloc(size_t n)
+{
+    void *p = malloc(n);
+    if (p == NULL) {
+        fprintf(stderr, "ERROR: malloc(%zu) returned NULL\n", n);
+        exit(1);
+    }
+    return p;
+}
+
+/* value of a "Key:   N kB" line of /proc/self/status, or -1 */
+static inline long status_kb(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL)
+        return -1;
+    char line[256];
+    long val = -1;
+    size_t kl = strlen(key);
+    while (fgets(line, sizeof line, f) != NULL) {
+        if (strncmp(line, key, kl) == 0) {
+            val = strtol(line + kl, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return val;
+}
+
+/* positional argument i (1-based) as an unsigned integer, or `def` if absent */
+static inline uint64_t arg_u64(int argc, char **argv, int i, uint64_t def, uint64_t min)
+{
+    if (i >= argc)
+        return def;
+    char *end;
+    unsigned long long v = strtoull(argv[i], &end, 0);
+    if (*argv[i] == '\0' || *end != '\0' || v < min) {
+        fprintf(stderr, "ERROR: bad argument %d: '%s' (must be an integer >= %" PRIu64 ")\n",
+                i, argv[i], min);
+        exit(2);
+    }
+    return (uint64_t)v;
+}
+
+static inline int want_help(int argc, char **argv)
+{
+    return argc > 1 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0);
+}
+
+static inline void print_result(uint64_t checksum)
+{
+    printf("checksum: %016" PRIx64 "\n", checksum);
+    printf("rss_peak_kb: %ld\n", status_kb("VmHWM:"));
+    fflush(stdout);
+}
+
+static inline void start_thread(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg)
+{
+    int e = pthread_create(t, attr, fn, arg);
+    if (e != 0) {
+        fprintf(stderr, "ERROR: pthread_create failed: %s\n", strerror(e));
+        exit(1);
+    }
+}
+/* ---- end of common helpers ---- */
+
+#define STRIDE 64
+#define MIN_SIZE 16
+#define MAX_SIZE 64
+
+int main(int argc, char **argv)
+{
+    if (want_help(argc, argv)) {
+        puts("usage: glibc_simple [iterations=100000] [batch=1000]");
+        return 0;
+    }
+    uint64_t iters = arg_u64(argc, argv, 1, 100000, 0);
+    uint64_t batch = arg_u64(argc, argv, 2, 1000, 1);
+
+    void **ptr = xalloc(batch * sizeof *ptr);
+    uint64_t *tag = xalloc(batch * sizeof *tag);
+    unsigned char *size = xalloc(batch);
+    rng_t r = { 0x676c696263000000ULL };
+    uint64_t cs = 0;
+    for (uint64_t it = 0; it < iters; it++) {
+        for (uint64_t i = 0; i < batch; i++) {
+            uint64_t x = rng_next(&r);
+            size_t n = MIN_SIZE + (size_t)(x % (MAX_SIZE - MIN_SIZE + 1));
+            void *p = xalloc(n);
+            fill(p, n, x, STRIDE);
+            ptr[i] = p;
+            tag[i] = x;
+            size[i] = (unsigned char)n;
+        }
+        for (uint64_t j = 0; j < batch; j++) {
+            uint64_t i = (it & 1) ? batch - 1 - j : j;
+            cs += check(ptr[i], size[i], tag[i], STRIDE);
+            free(ptr[i]);
+        }
+    }
+    free(size);
+    free(tag);
+    free(ptr);
+    printf("ops: %" PRIu64 "\n", iters * batch);
+    print_result(cs);
+    return 0;
+}

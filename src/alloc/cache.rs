@@ -1,0 +1,573 @@
+//! Per-CPU caches: per span class, a stack of free slots (address and state
+//! byte) that the owning CPU pops on allocation and pushes on free, plus the
+//! CPU's current tiny block.
+//!
+//! Fast path: an rseq critical section on the cache of the CPU the thread runs
+//! on ([`super::rseq_ops`]), no lock and no atomic read-modify-write. Where
+//! rseq is unavailable (valgrind, seccomp, an unregistered thread) a second set
+//! of caches is used, one per CPU, each behind a `spin` lock: the two sets are
+//! never mixed, because a locked operation cannot exclude an rseq section.
+//!
+//! Slow paths move a batch at a time between the cache and the central list:
+//! refill when a pop finds the stack empty, drain when a push finds it full.
+//! They run with the thread's "inside the allocator" marker set (see
+//! `front::guard`), so a collector stopping the world never finds a cache half-changed.
+
+use core::mem::offset_of;
+use core::ptr;
+use core::sync::atomic::{AtomicIsize, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use spin::Mutex;
+
+use super::central::{self, MAX_BATCH, NUM_SPANCLASSES, TINY_SC};
+use super::heap;
+use super::rseq_ops::{self, BatchArgs};
+use super::span::{self, Entry};
+use crate::sys::{fatal::fatal, os, rseq};
+
+const fn begin_of(sc: usize) -> usize {
+    let mut i = 0;
+    let mut sum = 0;
+    while i < sc {
+        sum += central::cache_cap(i);
+        i += 1;
+    }
+    sum
+}
+
+/// Slots of all span classes in one CPU's cache.
+pub const TOTAL_ENTRIES: usize = begin_of(NUM_SPANCLASSES);
+static_assertions::const_assert!(TOTAL_ENTRIES < 65536);
+
+/// Per-CPU statistics, updated with relaxed loads and stores (not
+/// read-modify-write): an update can rarely be lost when a thread is preempted
+/// between the two, which statistics tolerate.
+#[repr(C)]
+pub struct CpuStats {
+    pub allocs: [AtomicU64; NUM_SPANCLASSES],
+    pub frees: [AtomicU64; NUM_SPANCLASSES],
+    pub tiny_bytes: AtomicU64,
+}
+
+#[repr(C, align(64))]
+pub struct CpuCache {
+    pub hdr: [AtomicU64; NUM_SPANCLASSES],
+    pub tiny: AtomicU64,
+    pub lock: Mutex<()>,
+    pub stats: CpuStats,
+    pub entries: [Entry; TOTAL_ENTRIES],
+}
+
+pub const ENTRIES_OFF: usize = offset_of!(CpuCache, entries);
+pub const TINY_OFF: usize = offset_of!(CpuCache, tiny);
+pub const SHIFT: usize = core::mem::size_of::<CpuCache>().next_power_of_two().trailing_zeros() as usize;
+const STRIDE: usize = 1 << SHIFT;
+
+/// What the fast paths read: kept together on one cache line.
+#[repr(C, align(64))]
+pub struct Fast {
+    /// Offset of the rseq area from the thread pointer; 0 when rseq is unused.
+    pub rseq_off: AtomicIsize,
+    /// Base of the rseq caches (`ncpu` of them), then the locked ones.
+    pub caches: AtomicUsize,
+    pub ncpu: AtomicUsize,
+}
+
+pub static FAST: Fast = Fast {
+    rseq_off: AtomicIsize::new(0),
+    caches: AtomicUsize::new(0),
+    ncpu: AtomicUsize::new(0),
+};
+
+const fn hdr_word(current: usize, begin: usize, end: usize) -> u64 {
+    (current | begin << 16 | end << 32) as u64
+}
+
+#[inline(always)]
+fn hdr_current(h: u64) -> usize {
+    (h & 0xffff) as usize
+}
+#[inline(always)]
+fn hdr_begin(h: u64) -> usize {
+    ((h >> 16) & 0xffff) as usize
+}
+#[inline(always)]
+fn hdr_end(h: u64) -> usize {
+    ((h >> 32) & 0xffff) as usize
+}
+
+/// Maps and initialises `2 * ncpu` caches (rseq set, then locked set).
+pub fn init(ncpu: usize, rseq_off: Option<isize>) -> bool {
+    let base = os::map_rw(STRIDE * 2 * ncpu);
+    if base.is_null() {
+        return false;
+    }
+    for i in 0..2 * ncpu {
+        // SAFETY: each cache is a zeroed STRIDE-sized slot of the mapping; an
+        // all-zero CpuCache is valid except the lock, written here first.
+        unsafe {
+            let c = base.add(i * STRIDE) as *mut CpuCache;
+            ptr::write(ptr::addr_of_mut!((*c).lock), Mutex::new(()));
+            for sc in 0..NUM_SPANCLASSES {
+                let b = begin_of(sc);
+                (*c).hdr[sc].store(hdr_word(b, b, b + central::cache_cap(sc)), Relaxed);
+            }
+        }
+    }
+    FAST.caches.store(base as usize, Relaxed);
+    FAST.ncpu.store(ncpu, Relaxed);
+    FAST.rseq_off.store(rseq_off.unwrap_or(0), Relaxed);
+    true
+}
+
+/// The `i`-th cache (0..2*ncpu).
+pub fn cache_at(i: usize) -> &'static CpuCache {
+    // SAFETY: i < 2 * ncpu (callers iterate that range); the caches live forever.
+    unsafe { &*((FAST.caches.load(Relaxed) + i * STRIDE) as *const CpuCache) }
+}
+
+pub fn ncaches() -> usize {
+    2 * FAST.ncpu.load(Relaxed)
+}
+
+/// The rseq cache of the CPU the thread runs on now (statistics only: the
+/// thread may migrate at any moment).
+fn this_cpu_cache(off: isize) -> &'static CpuCache {
+    let n = FAST.ncpu.load(Relaxed);
+    cache_at(rseq::cpu_id_at(off).max(0) as usize % n)
+}
+
+/// The locked cache the calling thread should use.
+fn locked_cache() -> &'static CpuCache {
+    let n = FAST.ncpu.load(Relaxed);
+    // SAFETY: sched_getcpu has no preconditions (vDSO or syscall).
+    let cpu = unsafe { libc::sched_getcpu() }.max(0) as usize % n;
+    cache_at(n + cpu)
+}
+
+// ---------------------------------------------------------------------------
+// Fast paths.
+
+/// Pops a free slot of span class `sc` and marks it allocated. 0 on a miss.
+#[inline(always)]
+pub fn pop(sc: usize) -> usize {
+    let off = FAST.rseq_off.load(Relaxed);
+    if off == 0 {
+        return 0;
+    }
+    // SAFETY: off is the registered rseq offset; caches and ncpu were set with it.
+    let (p, c) = unsafe { rseq_ops::pop(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), sc * 8) };
+    if p != 0 {
+        // SAFETY: c is the cache the pop used.
+        bump(unsafe { &(*(c as *const CpuCache)).stats.allocs[sc] });
+    }
+    p
+}
+
+/// Pushes a freed slot. False on a miss (full, or no rseq).
+#[inline(always)]
+pub fn push(sc: usize, e: Entry) -> bool {
+    let off = FAST.rseq_off.load(Relaxed);
+    if off == 0 {
+        return false;
+    }
+    // SAFETY: as in pop.
+    let c = unsafe { rseq_ops::push(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), sc * 8, e.ptr, e.state) };
+    if c != 0 {
+        // SAFETY: c is the cache the push used.
+        bump(unsafe { &(*(c as *const CpuCache)).stats.frees[sc] });
+        return true;
+    }
+    false
+}
+
+/// Carves a tiny object. 0 on a miss.
+#[inline(always)]
+pub fn tiny_alloc(size: usize, align: usize) -> usize {
+    let off = FAST.rseq_off.load(Relaxed);
+    if off == 0 {
+        return 0;
+    }
+    // SAFETY: as in pop; size < 16 and align <= 8 by the caller's routing.
+    unsafe { rseq_ops::tiny_alloc(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), size, tiny_amask(size, align)) }
+}
+
+/// Go's tiny alignment: 8 if the size is a multiple of 8, else 4, 2, 1, and
+/// never less than the requested alignment.
+#[inline(always)]
+pub fn tiny_amask(size: usize, align: usize) -> usize {
+    let a = if size & 7 == 0 {
+        8
+    } else if size & 3 == 0 {
+        4
+    } else if size & 1 == 0 {
+        2
+    } else {
+        1
+    };
+    a.max(align) - 1
+}
+
+#[inline(always)]
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Relaxed).wrapping_add(1), Relaxed);
+}
+
+// ---------------------------------------------------------------------------
+// Where the calling thread's cache operations go when the fast path missed.
+
+enum Route {
+    /// rseq works for this thread: use the rseq cache of its CPU.
+    Rseq(isize),
+    /// Use the locked cache of its CPU.
+    Locked,
+}
+
+fn route() -> Route {
+    let off = FAST.rseq_off.load(Relaxed);
+    if off != 0 && rseq::ensure_registered(off) {
+        Route::Rseq(off)
+    } else {
+        Route::Locked
+    }
+}
+
+fn args(sc: usize, buf: &mut [Entry]) -> BatchArgs {
+    BatchArgs {
+        caches: FAST.caches.load(Relaxed),
+        ncpu: FAST.ncpu.load(Relaxed),
+        hdr_off: sc * 8,
+        n: buf.len(),
+        buf: buf.as_mut_ptr() as *mut u8,
+    }
+}
+
+/// Locked operations on one cache (also used with the world stopped).
+impl CpuCache {
+    fn pop_locked(&self, sc: usize) -> Option<Entry> {
+        let h = self.hdr[sc].load(Relaxed);
+        let cur = hdr_current(h);
+        if cur == hdr_begin(h) {
+            return None;
+        }
+        let e = self.entries[cur - 1];
+        self.hdr[sc].store(h - 1, Relaxed);
+        Some(e)
+    }
+
+    fn push_locked(&self, sc: usize, e: Entry) -> bool {
+        let h = self.hdr[sc].load(Relaxed);
+        let cur = hdr_current(h);
+        if cur == hdr_end(h) {
+            return false;
+        }
+        // SAFETY: entries is only written under the cache lock (or with the
+        // world stopped); cur < end <= TOTAL_ENTRIES.
+        unsafe { ptr::write(ptr::addr_of!(self.entries[cur]) as *mut Entry, e) };
+        self.hdr[sc].store(h + 1, Relaxed);
+        true
+    }
+
+    /// Moves up to `out.len()` entries from the top of the stack into `out`.
+    fn pop_many_locked(&self, sc: usize, out: &mut [Entry]) -> usize {
+        let h = self.hdr[sc].load(Relaxed);
+        let cur = hdr_current(h);
+        let k = (cur - hdr_begin(h)).min(out.len());
+        out[..k].copy_from_slice(&self.entries[cur - k..cur]);
+        self.hdr[sc].store(h - k as u64, Relaxed);
+        k
+    }
+
+    fn push_many_locked(&self, sc: usize, src: &[Entry]) -> usize {
+        let h = self.hdr[sc].load(Relaxed);
+        let cur = hdr_current(h);
+        let k = (hdr_end(h) - cur).min(src.len());
+        for (i, e) in src[..k].iter().enumerate() {
+            // SAFETY: as in push_locked.
+            unsafe { ptr::write(ptr::addr_of!(self.entries[cur + i]) as *mut Entry, *e) };
+        }
+        self.hdr[sc].store(h + k as u64, Relaxed);
+        k
+    }
+
+    /// The cached slots of span class `sc` (quiescent callers only).
+    pub fn cached(&self, sc: usize) -> &[Entry] {
+        let h = self.hdr[sc].load(Relaxed);
+        &self.entries[hdr_begin(h)..hdr_current(h)]
+    }
+
+    /// Returns every cached slot to the central lists and retires the tiny
+    /// block. Used by trim and by the collector's mark termination, with no
+    /// thread able to run a section on this cache (world stopped, or lock held
+    /// for the locked set).
+    pub fn flush(&self) {
+        let mut buf = [Entry::default(); MAX_BATCH];
+        for sc in 2..NUM_SPANCLASSES {
+            loop {
+                let k = self.pop_many_locked(sc, &mut buf);
+                if k == 0 {
+                    break;
+                }
+                central::drain(sc, &buf[..k]);
+            }
+        }
+        let w = self.tiny.swap(0, Relaxed);
+        if w != 0 {
+            retire_tiny(w as usize);
+        }
+    }
+}
+
+/// Refill: the cache of span class `sc` was empty. Returns an allocated slot
+/// (state byte set), or 0 when memory is exhausted.
+#[cold]
+pub fn pop_slow(sc: usize) -> usize {
+    let want = central::batch(sc);
+    let mut buf = [Entry::default(); MAX_BATCH];
+    match route() {
+        Route::Rseq(off) => {
+            // Another thread may have refilled this CPU meanwhile.
+            let p = pop(sc);
+            if p != 0 {
+                return p;
+            }
+            let n = central::refill(sc, &mut buf[..want]);
+            if n == 0 {
+                return 0;
+            }
+            let first = buf[n - 1];
+            let rest = &mut buf[..n - 1];
+            if !rest.is_empty() {
+                let a = args(sc, rest);
+                // SAFETY: off is registered for this thread; a describes `rest`.
+                let k = unsafe { rseq_ops::push_batch(off, &a) };
+                central::drain(sc, &rest[k..]);
+            }
+            bump(&this_cpu_cache(off).stats.allocs[sc]);
+            mark_allocated(first)
+        }
+        Route::Locked => {
+            let c = locked_cache();
+            {
+                let _g = c.lock.lock();
+                if let Some(e) = c.pop_locked(sc) {
+                    bump(&c.stats.allocs[sc]);
+                    return mark_allocated(e);
+                }
+            }
+            let n = central::refill(sc, &mut buf[..want]);
+            if n == 0 {
+                return 0;
+            }
+            let first = buf[n - 1];
+            let k = {
+                let _g = c.lock.lock();
+                bump(&c.stats.allocs[sc]);
+                c.push_many_locked(sc, &buf[..n - 1])
+            };
+            central::drain(sc, &buf[k..n - 1]);
+            mark_allocated(first)
+        }
+    }
+}
+
+fn mark_allocated(e: Entry) -> usize {
+    // SAFETY: an entry's state field is its slot's state byte.
+    unsafe { (*(e.state as *const AtomicU8)).store(span::SLOT_ALLOCATED, Relaxed) };
+    e.ptr
+}
+
+/// Drain: the cache of span class `sc` was full when freeing `e` (whose state
+/// byte is already clear).
+#[cold]
+pub fn push_slow(sc: usize, e: Entry) {
+    let mut buf = [Entry::default(); MAX_BATCH];
+    let want = central::batch(sc);
+    match route() {
+        Route::Rseq(off) => {
+            if push(sc, e) {
+                return;
+            }
+            let a = args(sc, &mut buf[..want]);
+            // SAFETY: off is registered for this thread; a describes buf.
+            let k = unsafe { rseq_ops::pop_batch(off, &a) };
+            central::drain(sc, &buf[..k]);
+            if !push(sc, e) {
+                bump(&this_cpu_cache(off).stats.frees[sc]);
+                central::drain(sc, &[e]);
+            }
+        }
+        Route::Locked => {
+            let c = locked_cache();
+            let k = {
+                let _g = c.lock.lock();
+                bump(&c.stats.frees[sc]);
+                if c.push_locked(sc, e) {
+                    return;
+                }
+                let k = c.pop_many_locked(sc, &mut buf[..want]);
+                if !c.push_locked(sc, e) {
+                    buf[k] = e;
+                    k + 1
+                } else {
+                    k
+                }
+            };
+            central::drain(sc, &buf[..k]);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tiny blocks.
+
+/// Bias of a tiny block's live count while a cache carves it, so frees of its
+/// sub-objects cannot bring it to zero before the cache lets go.
+const TINY_BIAS: u8 = 128;
+
+/// Allocates a new tiny block, carves the first object of `size` bytes from it
+/// and makes it the CPU's current block, retiring the previous one.
+#[cold]
+pub fn tiny_alloc_slow(size: usize, align: usize) -> usize {
+    match route() {
+        Route::Rseq(off) => {
+            let p = tiny_alloc(size, align);
+            if p != 0 {
+                return p;
+            }
+            let blk = new_tiny_block();
+            if blk == 0 {
+                return 0;
+            }
+            let w = blk << 16 | 1 << 8 | size;
+            // SAFETY: off is registered for this thread.
+            let (done, old) = unsafe { rseq_ops::tiny_swap(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), w) };
+            if !done {
+                // The thread lost its CPU number: carve from this block alone.
+                retire_tiny(w);
+                return blk;
+            }
+            if old != 0 {
+                retire_tiny(old);
+            }
+            blk
+        }
+        Route::Locked => {
+            let c = locked_cache();
+            let amask = tiny_amask(size, align);
+            {
+                let _g = c.lock.lock();
+                let w = c.tiny.load(Relaxed) as usize;
+                if w != 0 {
+                    let off = ((w & 0xff) + amask) & !amask;
+                    if off + size <= 16 {
+                        c.tiny.store(((w & !0xff) + 0x100 + off + size) as u64, Relaxed);
+                        return (w >> 16) + off;
+                    }
+                }
+            }
+            let blk = new_tiny_block();
+            if blk == 0 {
+                return 0;
+            }
+            let old = {
+                let _g = c.lock.lock();
+                c.tiny.swap((blk << 16 | 1 << 8 | size) as u64, Relaxed) as usize
+            };
+            if old != 0 {
+                retire_tiny(old);
+            }
+            blk
+        }
+    }
+}
+
+/// A fresh 16-byte block from the tiny span class, allocated and biased.
+fn new_tiny_block() -> usize {
+    let mut b = pop(TINY_SC);
+    if b == 0 {
+        b = pop_slow(TINY_SC);
+        if b == 0 {
+            return 0;
+        }
+    }
+    let s = heap::span_of(b);
+    // SAFETY: b was just allocated from a tiny span.
+    unsafe {
+        let i = (*s).slot_of(b);
+        (*s).tiny_count(i).store(TINY_BIAS, Relaxed);
+    }
+    b
+}
+
+/// A cache lets go of tiny block word `w`: credit the objects it carved and
+/// drop the bias; free the block if every object was already freed.
+pub fn retire_tiny(w: usize) {
+    let blk = w >> 16;
+    let carved = ((w >> 8) & 0xff) as u8;
+    let s = heap::span_of(blk);
+    if s.is_null() {
+        fatal("internal error: tiny block outside the heap", Some(blk));
+    }
+    // SAFETY: blk is an allocated block of tiny span s.
+    let (count, i) = unsafe {
+        let i = (*s).slot_of(blk);
+        ((*s).tiny_count(i), i)
+    };
+    let delta = carved.wrapping_sub(TINY_BIAS);
+    let now = count.fetch_add(delta, Relaxed).wrapping_add(delta);
+    if now == 0 {
+        // SAFETY: s is live; every object of the block is gone.
+        unsafe { free_tiny_block(&*s, i) };
+    } else if now > 16 {
+        fatal("double free of a tiny object in the block at", Some(blk));
+    }
+}
+
+/// Frees one tiny sub-object at `p` in block `i` of tiny span `s`.
+pub fn tiny_free(s: &span::Span, i: usize, p: usize) {
+    if s.slot_state(i).load(Relaxed) != span::SLOT_ALLOCATED {
+        fatal("double free or invalid free of", Some(p));
+    }
+    let prev = s.tiny_count(i).fetch_sub(1, Relaxed);
+    match prev {
+        0 => fatal("double free of a tiny object", Some(p)),
+        1 => free_tiny_block(s, i),
+        _ => {}
+    }
+}
+
+fn free_tiny_block(s: &span::Span, i: usize) {
+    let st = s.slot_state(i);
+    st.store(span::SLOT_FREE, Relaxed);
+    let e = Entry { ptr: s.slot_addr(i), state: st as *const AtomicU8 as usize };
+    if !push(TINY_SC, e) {
+        push_slow(TINY_SC, e);
+    }
+}
+
+/// Flushes every cache (malloc_trim). Only safe when no other thread is
+/// allocating: callers are trim (best effort, locked caches only) and the
+/// collector with the world stopped.
+///
+/// # Safety
+/// No other thread may run an rseq section or hold a cache lock.
+pub unsafe fn flush_all() {
+    for i in 0..ncaches() {
+        cache_at(i).flush();
+    }
+}
+
+pub fn lock_for_fork() {
+    for i in 0..ncaches() {
+        core::mem::forget(cache_at(i).lock.lock());
+    }
+}
+
+/// # Safety
+/// Only after [`lock_for_fork`].
+pub unsafe fn unlock_after_fork() {
+    for i in 0..ncaches() {
+        // SAFETY: the caller holds the locks leaked by lock_for_fork.
+        unsafe { cache_at(i).lock.force_unlock() };
+    }
+}

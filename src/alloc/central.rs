@@ -1,0 +1,316 @@
+//! Central lists: per span class, the spans with free slots, and a transfer
+//! cache of whole batches.
+//!
+//! Per-CPU caches refill from here and drain to here a batch at a time, so the
+//! class lock is taken once per batch, never per object. A batch drained by one
+//! CPU (a consumer freeing what a producer allocated) is parked whole in the
+//! transfer cache and handed whole to the next CPU that refills: producer and
+//! consumer exchange memory in O(1) per batch without touching span bitmaps.
+//! Only when the transfer cache is empty or full do slots go back to, or come
+//! out of, span bitmaps. A span whose slots are all back goes to the page heap.
+//!
+//! Lock order: per-CPU fallback lock, then a central lock, then the heap lock,
+//! then the metadata lock. No path holds two central locks.
+
+use core::cell::UnsafeCell;
+use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use spin::Mutex;
+
+use super::heap;
+use super::sizeclass::{self, NUM_CLASSES, PAGE_SIZE};
+use super::span::{self, Entry, Span, SpanList};
+
+/// Span classes: `class << 1 | noscan` for the 68 classes, plus the tiny class.
+pub const NUM_SPANCLASSES: usize = NUM_CLASSES * 2 + 1;
+/// The span class of 16-byte tiny blocks (noscan, with live counts).
+pub const TINY_SC: usize = NUM_CLASSES * 2;
+/// The size class of tiny blocks.
+pub const TINY_CLASS: usize = 2;
+/// Most objects in one batch.
+pub const MAX_BATCH: usize = 32;
+/// Batches the transfer cache of a class holds.
+const TRANSFER_SLOTS: usize = 16;
+
+#[inline(always)]
+pub const fn spanclass(class: usize, noscan: bool) -> usize {
+    class << 1 | noscan as usize
+}
+
+#[inline(always)]
+pub const fn class_of_sc(sc: usize) -> usize {
+    if sc == TINY_SC {
+        TINY_CLASS
+    } else {
+        sc >> 1
+    }
+}
+
+#[inline(always)]
+pub const fn noscan_of_sc(sc: usize) -> bool {
+    sc == TINY_SC || sc & 1 == 1
+}
+
+/// Per-CPU cache capacity of span class `sc`: about 64 KiB of objects, 2 to 128.
+pub const fn cache_cap(sc: usize) -> usize {
+    let size = sizeclass::TABLE.size[class_of_sc(sc)] as usize;
+    if sc < 2 {
+        return 0; // class 0 is unused
+    }
+    let n = (64 << 10) / size;
+    if n < 2 {
+        2
+    } else if n > 128 {
+        128
+    } else {
+        n
+    }
+}
+
+/// Objects moved per refill or drain of span class `sc`.
+pub const fn batch(sc: usize) -> usize {
+    let b = sizeclass::batch_of_class(class_of_sc(sc));
+    let half = cache_cap(sc) / 2;
+    let b = if b < half { b } else { half };
+    if b < 1 {
+        1
+    } else {
+        b
+    }
+}
+
+struct Inner {
+    partial: SpanList,
+    /// Full batches parked between CPUs.
+    nbatches: usize,
+    batches: [[Entry; MAX_BATCH]; TRANSFER_SLOTS],
+    /// Spans of this class in use, for statistics.
+    nspans: usize,
+}
+
+#[repr(align(64))]
+struct Central {
+    lock: Mutex<()>,
+    inner: UnsafeCell<*mut Inner>,
+}
+
+// SAFETY: `inner` is only dereferenced with `lock` held (or during
+// single-threaded init).
+unsafe impl Sync for Central {}
+
+static CENTRAL: [Central; NUM_SPANCLASSES] =
+    [const { Central { lock: Mutex::new(()), inner: UnsafeCell::new(ptr::null_mut()) } }; NUM_SPANCLASSES];
+
+/// Spans obtained from and returned to the page heap, for statistics.
+pub static SPANS_CREATED: AtomicU64 = AtomicU64::new(0);
+pub static SPANS_RELEASED: AtomicU64 = AtomicU64::new(0);
+
+/// Maps the central lists' state (in metadata memory, never the heap). Called
+/// once, single-threaded, during init.
+pub fn init() -> bool {
+    let size = core::mem::size_of::<Inner>();
+    let block = super::meta::alloc(size * NUM_SPANCLASSES);
+    if block.is_null() {
+        return false;
+    }
+    for (i, c) in CENTRAL.iter().enumerate() {
+        // SAFETY: init runs before any other thread can use the allocator;
+        // each Inner gets its own zeroed slice of the block (all-zero is a valid
+        // empty Inner: null list, no batches).
+        unsafe { *c.inner.get() = block.add(i * size) as *mut Inner };
+    }
+    true
+}
+
+struct Guard<'a> {
+    _g: spin::MutexGuard<'a, ()>,
+    inner: &'a mut Inner,
+}
+
+fn lock(sc: usize) -> Guard<'static> {
+    let c = &CENTRAL[sc];
+    let g = c.lock.lock();
+    // SAFETY: the lock is held; inner was set by init and lives forever.
+    let inner = unsafe { &mut **c.inner.get() };
+    Guard { _g: g, inner }
+}
+
+/// A new span of class `sc` from the page heap, or null.
+fn new_span(sc: usize) -> *mut Span {
+    let class = class_of_sc(sc);
+    let (s, _) = heap::alloc_span(sizeclass::pages_of_class(class), PAGE_SIZE);
+    if s.is_null() {
+        return s;
+    }
+    // SAFETY: s is a fresh span only we know about.
+    if !unsafe { (*s).init_small(class, noscan_of_sc(sc), sc == TINY_SC, sc as u8) } {
+        // SAFETY: still only ours.
+        unsafe { heap::free_span(s) };
+        return ptr::null_mut();
+    }
+    SPANS_CREATED.fetch_add(1, Relaxed);
+    s
+}
+
+/// Fills `out` with free slots of span class `sc`: a whole transfer batch when
+/// one fits, else slots from partial spans, growing the class from the page
+/// heap as needed. Returns how many (0: out of memory).
+pub fn refill(sc: usize, out: &mut [Entry]) -> usize {
+    let mut g = lock(sc);
+    if g.inner.nbatches > 0 && out.len() >= batch(sc) {
+        g.inner.nbatches -= 1;
+        let b = batch(sc);
+        out[..b].copy_from_slice(&g.inner.batches[g.inner.nbatches][..b]);
+        return b;
+    }
+    let mut n = 0;
+    while n < out.len() {
+        let s = g.inner.partial.head;
+        if s.is_null() {
+            drop(g);
+            let s = new_span(sc);
+            g = lock(sc);
+            if s.is_null() {
+                break;
+            }
+            // SAFETY: s is a fresh span; the lock is held.
+            unsafe {
+                (*s).in_partial = true;
+                g.inner.partial.push(s);
+            }
+            g.inner.nspans += 1;
+            continue;
+        }
+        // SAFETY: spans on the partial list are live and guarded by the lock.
+        unsafe {
+            n += (*s).take_slots(&mut out[n..]);
+            if (*s).nfree == 0 {
+                g.inner.partial.remove(s);
+                (*s).in_partial = false;
+            }
+        }
+    }
+    n
+}
+
+/// Takes back slots of span class `sc` from a per-CPU cache. Their state bytes
+/// are reset (a cached slot is free).
+pub fn drain(sc: usize, entries: &[Entry]) {
+    if entries.is_empty() {
+        return;
+    }
+    for e in entries {
+        // SAFETY: entries carry the state byte of their slot.
+        unsafe { (*(e.state as *const core::sync::atomic::AtomicU8)).store(span::SLOT_FREE, Relaxed) };
+    }
+    let mut g = lock(sc);
+    if entries.len() == batch(sc) && g.inner.nbatches < TRANSFER_SLOTS {
+        let i = g.inner.nbatches;
+        g.inner.batches[i][..entries.len()].copy_from_slice(entries);
+        g.inner.nbatches += 1;
+        return;
+    }
+    for e in entries {
+        return_slot(&mut g, e.ptr);
+    }
+}
+
+/// Puts one slot back into its span; releases the span when it is all free.
+fn return_slot(g: &mut Guard<'_>, p: usize) {
+    let s = heap::span_of(p);
+    if s.is_null() {
+        crate::sys::fatal::fatal("internal error: cached slot outside the heap", Some(p));
+    }
+    // SAFETY: s is an in-use span of this class; its bitmap is guarded by the lock.
+    unsafe {
+        let i = (*s).slot_of(p);
+        (*s).put_slot(i);
+        if (*s).nfree == (*s).nelems {
+            if (*s).in_partial {
+                g.inner.partial.remove(s);
+                (*s).in_partial = false;
+            }
+            g.inner.nspans -= 1;
+            SPANS_RELEASED.fetch_add(1, Relaxed);
+            heap::free_span(s);
+        } else if !(*s).in_partial {
+            (*s).in_partial = true;
+            g.inner.partial.push(s);
+        }
+    }
+}
+
+/// Empties the transfer caches into the spans (trim, and the collector's mark
+/// termination).
+pub fn flush_transfer() {
+    for sc in 2..NUM_SPANCLASSES {
+        let mut g = lock(sc);
+        while g.inner.nbatches > 0 {
+            g.inner.nbatches -= 1;
+            let i = g.inner.nbatches;
+            let b = batch(sc);
+            for k in 0..b {
+                let p = g.inner.batches[i][k].ptr;
+                return_slot(&mut g, p);
+            }
+        }
+    }
+}
+
+/// Calls `f` with every entry parked in the transfer caches (verifier).
+pub fn for_each_transfer_entry(mut f: impl FnMut(usize, &Entry) -> Result<(), crate::debug::VerifyError>) -> Result<(), crate::debug::VerifyError> {
+    for sc in 2..NUM_SPANCLASSES {
+        let g = lock(sc);
+        for i in 0..g.inner.nbatches {
+            for e in &g.inner.batches[i][..batch(sc)] {
+                f(sc, e)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks a small span against its central list (verifier): the partial list
+/// holds it iff it has free slots.
+pub fn verify_span(s: &Span) -> Result<(), crate::debug::VerifyError> {
+    use crate::debug::VerifyError as E;
+    let sc = s.spanclass as usize;
+    let g = lock(sc);
+    if s.in_partial != (s.nfree > 0) {
+        return Err(E::new("span's partial-list membership disagrees with its free count", s.base));
+    }
+    if s.nfree == s.nelems {
+        return Err(E::new("all-free span was not returned to the page heap", s.base));
+    }
+    if s.in_partial {
+        let mut p = g.inner.partial.head;
+        while !p.is_null() && p != s as *const Span as *mut Span {
+            // SAFETY: list links are valid under the lock.
+            p = unsafe { (*p).next };
+        }
+        if p.is_null() {
+            return Err(E::new("span marked partial is not on its class's list", s.base));
+        }
+    }
+    Ok(())
+}
+
+/// Spans in use per span class (statistics).
+pub fn spans_in_use(sc: usize) -> usize {
+    lock(sc).inner.nspans
+}
+
+pub fn lock_for_fork() {
+    for c in CENTRAL.iter() {
+        core::mem::forget(c.lock.lock());
+    }
+}
+
+/// # Safety
+/// Only after [`lock_for_fork`].
+pub unsafe fn unlock_after_fork() {
+    for c in CENTRAL.iter() {
+        // SAFETY: the caller holds every lock leaked by lock_for_fork.
+        unsafe { c.lock.force_unlock() };
+    }
+}

@@ -1,0 +1,590 @@
+//! The page heap: magpie's address space, the page map, and runs of free pages.
+//!
+//! The heap is one reserved virtual range (PROT_NONE, 1 TiB, or less where the
+//! kernel or valgrind refuses), committed in 64 MiB steps as it grows. Every
+//! page of it has a page-map entry, so "is this word a heap pointer, and into
+//! which span?" is one range check and one load ([`span_of`]); the collector asks
+//! it for every word it scans and `free` for every pointer.
+//!
+//! Page-map invariant: every page of an in-use (small or large) span maps to that
+//! span; the first and last page of a free span map to it; other entries may be
+//! stale. Span records are type-stable metadata, so a stale entry still points
+//! at a span record, and [`span_of`] accepts a record only if it is in use and its
+//! range contains the address.
+//!
+//! Free runs are kept on lists by length (1..127 pages, then one list for longer
+//! runs, searched best-fit, lowest address on ties) and coalesce with free
+//! neighbours when freed. Freed pages go back to the OS with MADV_DONTNEED when
+//! they have been free longer than the decay time, or at once beyond a
+//! threshold of free resident memory, so a program that frees memory sees its
+//! RSS fall.
+
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use spin::Mutex;
+
+use super::sizeclass::{PAGE_SHIFT, PAGE_SIZE};
+use super::span::{self, Span, SpanList};
+use crate::sys::os;
+
+/// The heap's reserved range and its page map, fixed after init.
+static BASE: AtomicUsize = AtomicUsize::new(0);
+static RESERVED: AtomicUsize = AtomicUsize::new(0);
+static PAGEMAP: AtomicPtr<AtomicPtr<Span>> = AtomicPtr::new(ptr::null_mut());
+
+/// Growth step of the committed part of the heap.
+const COMMIT_STEP: usize = 64 << 20;
+const NLISTS: usize = 128;
+
+struct Inner {
+    /// free[n]: free runs of exactly n pages (n < 128); free[0]: longer runs.
+    free: [SpanList; NLISTS],
+    committed_end: usize,
+    inuse_pages: usize,
+    free_pages: usize,
+    /// Free pages not returned to the OS.
+    free_dirty_pages: usize,
+    last_decay_ms: u64,
+}
+
+// SAFETY: the span pointers are only used under the heap mutex.
+unsafe impl Send for Inner {}
+
+static HEAP: Mutex<Inner> = Mutex::new(Inner {
+    free: [const { SpanList::new() }; NLISTS],
+    committed_end: 0,
+    inuse_pages: 0,
+    free_pages: 0,
+    free_dirty_pages: 0,
+    last_decay_ms: 0,
+});
+
+/// Returned-to-OS counters, readable without the lock.
+pub static SCAVENGED_BYTES: AtomicU64 = AtomicU64::new(0);
+/// Decay time in ms (MAGPIE_DECAY_MS) and the free-resident threshold in bytes.
+static DECAY_MS: AtomicU64 = AtomicU64::new(1000);
+static RETAIN_BYTES: AtomicUsize = AtomicUsize::new(64 << 20);
+
+/// Reserves the heap range and maps the page map. `max_reserve` is the first
+/// size tried; smaller ones are tried down to 1 GiB.
+pub fn init(max_reserve: usize, decay_ms: u64, retain: usize) -> bool {
+    DECAY_MS.store(decay_ms, Relaxed);
+    RETAIN_BYTES.store(retain, Relaxed);
+    let mut size = max_reserve.next_power_of_two();
+    while size >= 1 << 30 {
+        // Over-reserve one page so the base can be aligned to PAGE_SIZE.
+        let p = os::reserve(size + PAGE_SIZE);
+        if !p.is_null() {
+            let base = (p as usize + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+            let entries = size >> PAGE_SHIFT;
+            let pm = os::map_rw(entries * core::mem::size_of::<AtomicPtr<Span>>());
+            if pm.is_null() {
+                // SAFETY: unmapping the reservation we just made.
+                unsafe { libc::munmap(p.cast(), size + PAGE_SIZE) };
+                return false;
+            }
+            PAGEMAP.store(pm.cast(), Relaxed);
+            RESERVED.store(size, Relaxed);
+            BASE.store(base, Relaxed);
+            HEAP.lock().committed_end = base;
+            return true;
+        }
+        size /= 2;
+    }
+    false
+}
+
+/// The reserved heap range `(base, size)`.
+pub fn range() -> (usize, usize) {
+    (BASE.load(Relaxed), RESERVED.load(Relaxed))
+}
+
+/// The page-map range `(address, bytes)`, magpie's own metadata.
+pub fn pagemap_range() -> (usize, usize) {
+    (PAGEMAP.load(Relaxed) as usize, (RESERVED.load(Relaxed) >> PAGE_SHIFT) * 8)
+}
+
+#[inline(always)]
+fn entry(addr: usize) -> Option<&'static AtomicPtr<Span>> {
+    let off = addr.wrapping_sub(BASE.load(Relaxed));
+    if off >= RESERVED.load(Relaxed) {
+        return None;
+    }
+    // SAFETY: off < RESERVED, so the index is inside the page map.
+    Some(unsafe { &*PAGEMAP.load(Relaxed).add(off >> PAGE_SHIFT) })
+}
+
+/// The in-use span containing `addr`, or null. O(1): the question the collector
+/// asks of every scanned word and `free` of every pointer.
+#[inline(always)]
+pub fn span_of(addr: usize) -> *mut Span {
+    let Some(e) = entry(addr) else { return ptr::null_mut() };
+    let s = e.load(Relaxed);
+    if s.is_null() {
+        return s;
+    }
+    // SAFETY: page-map entries always point at span records (type-stable).
+    let sp = unsafe { &*s };
+    let st = sp.state.load(Relaxed);
+    if (st == span::SMALL || st == span::LARGE) && addr >= sp.base && addr < sp.end() {
+        s
+    } else {
+        ptr::null_mut()
+    }
+}
+
+fn set_pages(s: *mut Span, first: usize, n: usize) {
+    for i in 0..n {
+        if let Some(e) = entry(first + i * PAGE_SIZE) {
+            e.store(s, Relaxed);
+        }
+    }
+}
+
+/// Sets the page-map entries of a free span (its first and last page).
+fn set_free_ends(s: *mut Span) {
+    // SAFETY: s is a live record under the heap lock.
+    let (b, n) = unsafe { ((*s).base, (*s).npages) };
+    set_pages(s, b, 1);
+    set_pages(s, b + (n - 1) * PAGE_SIZE, 1);
+}
+
+fn list_index(npages: usize) -> usize {
+    if npages < NLISTS {
+        npages
+    } else {
+        0
+    }
+}
+
+impl Inner {
+    fn insert_free(&mut self, s: *mut Span) {
+        // SAFETY: s is a free record not on any list.
+        unsafe {
+            let n = (*s).npages;
+            self.free[list_index(n)].push(s);
+        }
+    }
+
+    fn remove_free(&mut self, s: *mut Span) {
+        // SAFETY: s is on the list of its length.
+        unsafe {
+            let n = (*s).npages;
+            self.free[list_index(n)].remove(s);
+        }
+    }
+
+    /// A free span that can hold `npages` pages starting at a multiple of
+    /// `align` bytes, or null.
+    fn find(&self, npages: usize, align: usize) -> *mut Span {
+        let fits = |s: *mut Span| -> bool {
+            // SAFETY: s is on a free list.
+            let (b, n) = unsafe { ((*s).base, (*s).npages) };
+            let start = (b + align - 1) & !(align - 1);
+            start + npages * PAGE_SIZE <= b + n * PAGE_SIZE
+        };
+        if npages < NLISTS {
+            for n in npages..NLISTS {
+                let mut s = self.free[n].head;
+                while !s.is_null() {
+                    if fits(s) {
+                        return s;
+                    }
+                    // SAFETY: list links are valid under the lock.
+                    s = unsafe { (*s).next };
+                }
+            }
+        }
+        // Best fit among long runs, lowest address on ties.
+        let mut best: *mut Span = ptr::null_mut();
+        let mut s = self.free[0].head;
+        while !s.is_null() {
+            // SAFETY: list links are valid under the lock.
+            unsafe {
+                if fits(s)
+                    && (best.is_null()
+                        || (*s).npages < (*best).npages
+                        || ((*s).npages == (*best).npages && (*s).base < (*best).base))
+                {
+                    best = s;
+                }
+                s = (*s).next;
+            }
+        }
+        best
+    }
+
+    /// Commits at least `npages` more pages at the end of the heap and adds them
+    /// as a free span. Returns false when the reservation or the OS is exhausted.
+    fn grow(&mut self, npages: usize) -> bool {
+        let (base, reserved) = range();
+        let end = base + reserved;
+        let need = npages * PAGE_SIZE;
+        let mut step = need.max(COMMIT_STEP).next_multiple_of(COMMIT_STEP);
+        if self.committed_end + step > end {
+            step = end - self.committed_end;
+        }
+        if step < need {
+            return false;
+        }
+        let start = self.committed_end;
+        // SAFETY: [start, start+step) lies in our reservation.
+        let mut ok = unsafe { os::commit(start as *mut u8, step) };
+        if !ok && step > need {
+            step = need;
+            // SAFETY: as above, a smaller part of it.
+            ok = unsafe { os::commit(start as *mut u8, step) };
+        }
+        if !ok {
+            return false;
+        }
+        self.committed_end += step;
+        let s = Span::new_record(start, step / PAGE_SIZE);
+        if s.is_null() {
+            return false;
+        }
+        // SAFETY: s is a fresh record.
+        unsafe {
+            (*s).zeroed = true;
+            (*s).scavenged = true;
+            (*s).free_since_ms = now_ms();
+        }
+        self.free_pages += step / PAGE_SIZE;
+        self.add_free(s);
+        true
+    }
+
+    /// Coalesces free span `s` with free neighbours and puts it on a list.
+    fn add_free(&mut self, mut s: *mut Span) {
+        // SAFETY: s and the neighbours found through the page map are records
+        // under the heap lock; a neighbour is merged only if it is free and
+        // exactly adjacent.
+        unsafe {
+            let left_addr = (*s).base.wrapping_sub(PAGE_SIZE);
+            if let Some(e) = entry(left_addr) {
+                let l = e.load(Relaxed);
+                if !l.is_null() && l != s && (*l).state.load(Relaxed) == span::FREE && (*l).end() == (*s).base {
+                    self.remove_free(l);
+                    self.merge_into(l, s);
+                    s = l;
+                }
+            }
+            if let Some(e) = entry((*s).end()) {
+                let r = e.load(Relaxed);
+                if !r.is_null() && r != s && (*r).state.load(Relaxed) == span::FREE && (*r).base == (*s).end() {
+                    self.remove_free(r);
+                    self.merge_into(s, r);
+                }
+            }
+            set_free_ends(s);
+        }
+        self.insert_free(s);
+    }
+
+    /// Appends free span `b` (right after `a`) to `a`, and frees b's record.
+    ///
+    /// # Safety
+    /// Both are free records, off every list, and adjacent.
+    unsafe fn merge_into(&mut self, a: *mut Span, b: *mut Span) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            let (a_s, b_s) = ((*a).scavenged, (*b).scavenged);
+            if a_s != b_s {
+                // The merged run is counted dirty as a whole; the scavenger may
+                // release pages that are already released, which is harmless.
+                let clean = if a_s { (*a).npages } else { (*b).npages };
+                self.free_dirty_pages += clean;
+                (*a).scavenged = false;
+            }
+            (*a).zeroed &= (*b).zeroed;
+            (*a).free_since_ms = (*a).free_since_ms.max((*b).free_since_ms);
+            (*a).npages += (*b).npages;
+            Span::free_record(b);
+        }
+    }
+
+    /// Returns free spans to the OS, longest first, until `target` bytes were
+    /// released; with `older_than` set only spans free at least that long.
+    fn scavenge(&mut self, target: usize, older_than: Option<u64>) -> usize {
+        let now = now_ms();
+        let mut released = 0;
+        for li in (0..NLISTS).map(|i| (NLISTS - i) % NLISTS) {
+            let mut s = self.free[li].head;
+            while !s.is_null() && released < target {
+                // SAFETY: list records are valid under the lock; releasing the
+                // pages of a free span touches no live object.
+                unsafe {
+                    let next = (*s).next;
+                    let old_enough = older_than.is_none_or(|d| now.saturating_sub((*s).free_since_ms) >= d);
+                    if !(*s).scavenged && old_enough {
+                        let bytes = (*s).npages * PAGE_SIZE;
+                        os::decommit((*s).base as *mut u8, bytes);
+                        (*s).scavenged = true;
+                        (*s).zeroed = true;
+                        self.free_dirty_pages -= (*s).npages;
+                        released += bytes;
+                    }
+                    s = next;
+                }
+            }
+        }
+        SCAVENGED_BYTES.fetch_add(released as u64, Relaxed);
+        released
+    }
+
+    /// The scavenger's policy, run on page-heap operations: keep free resident
+    /// memory under the threshold, and release what has been free past the decay time.
+    fn maybe_scavenge(&mut self) {
+        let retain = RETAIN_BYTES.load(Relaxed).max(self.inuse_pages * PAGE_SIZE / 8);
+        let dirty = self.free_dirty_pages * PAGE_SIZE;
+        if dirty > retain {
+            self.scavenge(dirty - retain / 2, None);
+        }
+        let now = now_ms();
+        let decay = DECAY_MS.load(Relaxed);
+        if self.free_dirty_pages > 0 && now.saturating_sub(self.last_decay_ms) >= (decay / 4).max(10) {
+            self.last_decay_ms = now;
+            self.scavenge(usize::MAX, Some(decay));
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    os::now_ns() / 1_000_000
+}
+
+/// A fresh span of `npages` pages whose base is a multiple of `align` bytes
+/// (a power of two, at least PAGE_SIZE), in state FREE for the caller to
+/// initialise, with every page mapped to it. Returns the span and whether its
+/// memory must be zeroed before it is handed out as zeroed; null when the
+/// heap cannot grow.
+pub fn alloc_span(npages: usize, align: usize) -> (*mut Span, bool) {
+    debug_assert!(npages > 0 && align.is_power_of_two() && align >= PAGE_SIZE);
+    let mut h = HEAP.lock();
+    h.maybe_scavenge();
+    let mut s = h.find(npages, align);
+    if s.is_null() {
+        let extra = if align > PAGE_SIZE { align / PAGE_SIZE } else { 0 };
+        if !h.grow(npages + extra) {
+            return (ptr::null_mut(), false);
+        }
+        s = h.find(npages, align);
+        if s.is_null() {
+            return (ptr::null_mut(), false);
+        }
+    }
+    h.remove_free(s);
+    // SAFETY: s is a free record now off every list, under the lock; the pieces
+    // split off are fresh records covering the rest of its pages.
+    unsafe {
+        let start = ((*s).base + align - 1) & !(align - 1);
+        let head = (start - (*s).base) / PAGE_SIZE;
+        if head > 0 {
+            let rest = Span::new_record(start, (*s).npages - head);
+            if rest.is_null() {
+                h.insert_free(s);
+                return (ptr::null_mut(), false);
+            }
+            copy_free_flags(rest, s);
+            (*s).npages = head;
+            set_free_ends(s);
+            h.insert_free(s);
+            s = rest;
+        }
+        let tail = (*s).npages - npages;
+        if tail > 0 {
+            let t = Span::new_record((*s).base + npages * PAGE_SIZE, tail);
+            if t.is_null() {
+                h.add_free(s);
+                return (ptr::null_mut(), false);
+            }
+            copy_free_flags(t, s);
+            (*s).npages = npages;
+            set_free_ends(t);
+            h.insert_free(t);
+        }
+        h.free_pages -= npages;
+        if !(*s).scavenged {
+            h.free_dirty_pages -= npages;
+        }
+        h.inuse_pages += npages;
+        let needs_zero = !(*s).zeroed;
+        (*s).zeroed = false;
+        (*s).scavenged = false;
+        set_pages(s, (*s).base, npages);
+        (s, needs_zero)
+    }
+}
+
+/// # Safety
+/// Both records are valid; `from` is a free span.
+unsafe fn copy_free_flags(to: *mut Span, from: *mut Span) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        (*to).zeroed = (*from).zeroed;
+        (*to).scavenged = (*from).scavenged;
+        (*to).free_since_ms = (*from).free_since_ms;
+    }
+}
+
+/// Returns an in-use span's pages to the page heap.
+///
+/// # Safety
+/// `s` must be an in-use span no cache, list or object refers to any more.
+pub unsafe fn free_span(s: *mut Span) {
+    let mut h = HEAP.lock();
+    // SAFETY: the caller's contract; under the heap lock.
+    unsafe {
+        (*s).release_bits();
+        (*s).state.store(span::FREE, Relaxed);
+        (*s).zeroed = false;
+        (*s).scavenged = false;
+        (*s).free_since_ms = now_ms();
+        let n = (*s).npages;
+        h.inuse_pages -= n;
+        h.free_pages += n;
+        h.free_dirty_pages += n;
+        // Interior entries of a free span are left stale; span_of rejects them.
+        h.add_free(s);
+    }
+    h.maybe_scavenge();
+}
+
+/// Returns every free page to the OS (malloc_trim, magpie::trim). Returns bytes released.
+pub fn release_all() -> usize {
+    HEAP.lock().scavenge(usize::MAX, None)
+}
+
+/// Page-heap figures, in bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HeapStats {
+    pub reserved: usize,
+    pub committed: usize,
+    pub in_use: usize,
+    pub free: usize,
+    pub free_resident: usize,
+    pub released_total: u64,
+}
+
+pub fn stats() -> HeapStats {
+    let h = HEAP.lock();
+    let (base, reserved) = range();
+    HeapStats {
+        reserved,
+        committed: h.committed_end.saturating_sub(base),
+        in_use: h.inuse_pages * PAGE_SIZE,
+        free: h.free_pages * PAGE_SIZE,
+        free_resident: h.free_dirty_pages * PAGE_SIZE,
+        released_total: SCAVENGED_BYTES.load(Relaxed),
+    }
+}
+
+/// Checks the page heap's invariants: free lists hold free spans of the right
+/// length inside the committed range, no two free spans are adjacent (they
+/// would have coalesced), page counts add up, and every page map entry of an
+/// in-use span points back to it. Calls `visit` for every in-use span.
+pub fn verify(mut visit: impl FnMut(*mut Span) -> Result<(), crate::debug::VerifyError>) -> Result<(), crate::debug::VerifyError> {
+    use crate::debug::VerifyError as E;
+    let h = HEAP.lock();
+    let (base, _) = range();
+    let mut free_pages = 0;
+    for (li, l) in h.free.iter().enumerate() {
+        let mut s = l.head;
+        let mut count = 0;
+        while !s.is_null() {
+            // SAFETY: list records are valid under the lock.
+            let sp = unsafe { &*s };
+            if sp.state.load(Relaxed) != span::FREE {
+                return Err(E::new("span on a free list is not free", sp.base));
+            }
+            if list_index(sp.npages) != li {
+                return Err(E::new("free span on the wrong list", sp.base));
+            }
+            if sp.base < base || sp.end() > h.committed_end {
+                return Err(E::new("free span outside the committed heap", sp.base));
+            }
+            free_pages += sp.npages;
+            count += 1;
+            s = sp.next;
+        }
+        if count != l.len {
+            return Err(E::new("free list length is wrong", li));
+        }
+    }
+    if free_pages != h.free_pages {
+        return Err(E::new("free page count is wrong", free_pages));
+    }
+    // Walk the committed range span by span through the page map.
+    let mut addr = base;
+    let mut inuse = 0;
+    let mut prev_free = false;
+    while addr < h.committed_end {
+        let s = entry(addr).map(|e| e.load(Relaxed)).unwrap_or(ptr::null_mut());
+        if s.is_null() {
+            return Err(E::new("page map has no span for a committed page", addr));
+        }
+        // SAFETY: page-map entries point at span records.
+        let sp = unsafe { &*s };
+        if sp.base != addr {
+            return Err(E::new("page map entry does not start a span", addr));
+        }
+        let st = sp.state.load(Relaxed);
+        match st {
+            span::FREE => {
+                if prev_free {
+                    return Err(E::new("two adjacent free spans did not coalesce", addr));
+                }
+                prev_free = true;
+            }
+            span::SMALL | span::LARGE => {
+                prev_free = false;
+                inuse += sp.npages;
+                for i in 0..sp.npages {
+                    if entry(addr + i * PAGE_SIZE).map(|e| e.load(Relaxed)) != Some(s) {
+                        return Err(E::new("page map entry does not point to its span", addr + i * PAGE_SIZE));
+                    }
+                }
+                if span_of(addr) != s || span_of(sp.end() - 1) != s {
+                    return Err(E::new("span_of does not find its span", addr));
+                }
+            }
+            _ => return Err(E::new("page map points at a dead span record", addr)),
+        }
+        addr = sp.end();
+    }
+    if inuse != h.inuse_pages {
+        return Err(E::new("in-use page count is wrong", inuse));
+    }
+    // Visit in-use spans without the heap lock (visitors take central locks,
+    // which come before the heap lock in the lock order).
+    let end = h.committed_end;
+    drop(h);
+    let mut addr = base;
+    while addr < end {
+        let s = entry(addr).map(|e| e.load(Relaxed)).unwrap_or(ptr::null_mut());
+        if s.is_null() {
+            break;
+        }
+        // SAFETY: as above; the heap may change concurrently only if other
+        // threads allocate, which verify's callers avoid.
+        let sp = unsafe { &*s };
+        let next = sp.end().max(addr + PAGE_SIZE);
+        let st = sp.state.load(Relaxed);
+        if (st == span::SMALL || st == span::LARGE) && sp.base == addr {
+            visit(s)?;
+        }
+        addr = next;
+    }
+    Ok(())
+}
+
+pub fn lock_for_fork() {
+    core::mem::forget(HEAP.lock());
+}
+
+/// # Safety
+/// Only after [`lock_for_fork`].
+pub unsafe fn unlock_after_fork() {
+    // SAFETY: the caller holds the lock leaked by lock_for_fork.
+    unsafe { HEAP.force_unlock() };
+}

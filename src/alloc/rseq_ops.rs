@@ -1,0 +1,481 @@
+//! The per-CPU cache's restartable sequences (x86-64).
+//!
+//! Each operation is a critical section registered with the kernel through the
+//! thread's rseq area: it reads `cpu_id`, works on that CPU's cache, and
+//! commits with a single store. If the thread is preempted, migrated or
+//! signalled before the commit, the kernel moves it to the abort handler, which
+//! starts over; so a section either took effect entirely on the CPU it read or
+//! not at all, with no atomic read-modify-write (tcmalloc's per-CPU slabs).
+//!
+//! Header word of span class `sc` (at `hdr_off = sc * 8`):
+//! bits 0..16 `current`, 16..32 `begin`, 32..48 `end` (indices into `entries`).
+//! The class's cached slots are `entries[begin..current]`.
+//!
+//! Each section is laid out as:
+//! ```text
+//! 2: publish the descriptor (8:) in rseq_cs
+//! 3: start_ip ... commit store
+//! 4: post_commit_ip (end of the critical range)
+//! 7: failure exit (empty, full, or no valid CPU)        6: done
+//! __rseq_cs:      8: {version 0, flags 0, start 3b, length 4b-3b, abort 5f}
+//! __rseq_failure: signature (as a ud1 instruction), 5: jmp 2b
+//! ```
+//! Labels avoid 0 and 1: LLVM reads `1b`/`0b` in Intel syntax as binary numbers.
+//!
+//! The allocation pop marks the slot allocated (its state byte) with one store
+//! right after the commit, at a known address range recorded in the
+//! `magpie_alloc_windows` section: a thread interrupted exactly there has taken a
+//! slot it has not marked yet, and the collector's stop handler lets it run on
+//! past that instruction before stopping it.
+
+use core::arch::asm;
+
+use super::cache::{ENTRIES_OFF, SHIFT, TINY_OFF};
+
+/// Pops a slot of the class at `hdr_off` from the current CPU's cache and marks
+/// it allocated. Returns `(slot, cache)`; slot 0 when the cache is empty or the
+/// thread has no valid CPU number.
+///
+/// # Safety
+/// `off` is the calling thread's rseq-area offset (non-zero, registered source),
+/// `caches` the base of `ncpu` caches of stride `1 << SHIFT`, `hdr_off` < the
+/// header array size.
+#[inline(always)]
+pub unsafe fn pop(off: isize, caches: usize, ncpu: usize, hdr_off: usize) -> (usize, usize) {
+    let p: usize;
+    let c: usize;
+    // SAFETY: see the module docs; every memory access is inside the CPU's cache
+    // or the slot-state byte of a cached entry, and the section restarts on abort.
+    unsafe {
+        asm!(
+            "2:",
+            "lea {t}, [rip + 8f]",
+            "mov qword ptr fs:[{off} + 8], {t}",
+            "3:",
+            "mov {c:e}, dword ptr fs:[{off} + 4]",
+            "cmp {c}, {ncpu}",
+            "jae 7f",
+            "shl {c}, {shift}",
+            "add {c}, {caches}",
+            "mov {h}, qword ptr [{c} + {hoff}]",
+            "movzx {t:e}, {h:x}",
+            "mov {s:e}, {h:e}",
+            "shr {s:e}, 16",
+            "cmp {t:e}, {s:e}",
+            "je 7f",
+            "shl {t:e}, 4",
+            "mov {p}, qword ptr [{c} + {t} + {ent_p}]",
+            "mov {s}, qword ptr [{c} + {t} + {ent_s}]",
+            "dec {h}",
+            "mov qword ptr [{c} + {hoff}], {h}",
+            "4:",
+            "mov byte ptr [{s}], 1",
+            "9:",
+            "jmp 6f",
+            "7:",
+            "xor {p:e}, {p:e}",
+            "6:",
+            ".pushsection magpie_alloc_windows, \"aw\"",
+            ".quad 4b, 9b",
+            ".popsection",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "8:",
+            ".long 0, 0",
+            ".quad 3b, 4b - 3b, 5f",
+            ".popsection",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "5:",
+            "jmp 2b",
+            ".popsection",
+            off = in(reg) off,
+            ncpu = in(reg) ncpu,
+            caches = in(reg) caches,
+            hoff = in(reg) hdr_off,
+            shift = const SHIFT,
+            ent_p = const ENTRIES_OFF - 16,
+            ent_s = const ENTRIES_OFF - 8,
+            t = out(reg) _,
+            c = out(reg) c,
+            h = out(reg) _,
+            s = out(reg) _,
+            p = out(reg) p,
+            options(nostack),
+        );
+    }
+    (p, c)
+}
+
+/// Pushes a free slot (address and state byte) onto the current CPU's cache.
+/// Returns the cache, or 0 when it is full or the thread has no valid CPU.
+///
+/// # Safety
+/// As for [`pop`].
+#[inline(always)]
+pub unsafe fn push(off: isize, caches: usize, ncpu: usize, hdr_off: usize, ptr: usize, state: usize) -> usize {
+    let r: usize;
+    // SAFETY: as for pop; entries above `current` are scratch until the commit.
+    unsafe {
+        asm!(
+            "2:",
+            "lea {t}, [rip + 8f]",
+            "mov qword ptr fs:[{off} + 8], {t}",
+            "3:",
+            "mov {c:e}, dword ptr fs:[{off} + 4]",
+            "cmp {c}, {ncpu}",
+            "jae 7f",
+            "shl {c}, {shift}",
+            "add {c}, {caches}",
+            "mov {h}, qword ptr [{c} + {hoff}]",
+            "movzx {t:e}, {h:x}",
+            "mov {r}, {h}",
+            "shr {r}, 32",
+            "movzx {r:e}, {r:x}",
+            "cmp {t:e}, {r:e}",
+            "je 7f",
+            "shl {t:e}, 4",
+            "mov qword ptr [{c} + {t} + {ent_p}], {ptr}",
+            "mov qword ptr [{c} + {t} + {ent_s}], {st}",
+            "inc {h}",
+            "mov qword ptr [{c} + {hoff}], {h}",
+            "4:",
+            "mov {r}, {c}",
+            "jmp 6f",
+            "7:",
+            "xor {r:e}, {r:e}",
+            "6:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "8:",
+            ".long 0, 0",
+            ".quad 3b, 4b - 3b, 5f",
+            ".popsection",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "5:",
+            "jmp 2b",
+            ".popsection",
+            off = in(reg) off,
+            ncpu = in(reg) ncpu,
+            caches = in(reg) caches,
+            hoff = in(reg) hdr_off,
+            ptr = in(reg) ptr,
+            st = in(reg) state,
+            shift = const SHIFT,
+            ent_p = const ENTRIES_OFF,
+            ent_s = const ENTRIES_OFF + 8,
+            t = out(reg) _,
+            c = out(reg) _,
+            h = out(reg) _,
+            r = out(reg) r,
+            options(nostack),
+        );
+    }
+    r
+}
+
+/// Arguments of the batch sections, passed in memory to spare registers.
+#[repr(C)]
+pub struct BatchArgs {
+    pub caches: usize,
+    pub ncpu: usize,
+    pub hdr_off: usize,
+    /// Most entries to move.
+    pub n: usize,
+    /// The thread's buffer of entries.
+    pub buf: *mut u8,
+}
+
+/// Moves up to `a.n` entries from the top of the current CPU's cache into
+/// `a.buf`. Returns how many (0: empty or no valid CPU).
+///
+/// # Safety
+/// As for [`pop`]; `a.buf` has room for `a.n` entries.
+#[inline(always)]
+pub unsafe fn pop_batch(off: isize, a: &BatchArgs) -> usize {
+    let k: usize;
+    // SAFETY: as for pop; writes to the caller's buffer before the commit are
+    // redone on restart.
+    unsafe {
+        asm!(
+            "2:",
+            "lea {t}, [rip + 8f]",
+            "mov qword ptr fs:[{off} + 8], {t}",
+            "3:",
+            "mov {c:e}, dword ptr fs:[{off} + 4]",
+            "cmp {c}, qword ptr [{a} + 8]",
+            "jae 7f",
+            "shl {c}, {shift}",
+            "add {c}, qword ptr [{a}]",
+            "mov {t}, qword ptr [{a} + 16]",
+            "mov {h}, qword ptr [{c} + {t}]",
+            "movzx {k:e}, {h:x}",
+            "mov {j:e}, {h:e}",
+            "shr {j:e}, 16",
+            "sub {k:e}, {j:e}",
+            "jz 7f",
+            "cmp {k}, qword ptr [{a} + 24]",
+            "cmova {k}, qword ptr [{a} + 24]",
+            "movzx {j:e}, {h:x}",
+            "sub {j:e}, {k:e}",
+            "shl {j}, 4",
+            "lea {j}, [{c} + {j} + {ent}]",
+            "mov {t}, qword ptr [{a} + 32]",
+            "mov {x}, {k}",
+            "shl {x}, 4",
+            "add {x}, {j}",
+            "12:",
+            "movups xmm0, xmmword ptr [{j}]",
+            "movups xmmword ptr [{t}], xmm0",
+            "add {j}, 16",
+            "add {t}, 16",
+            "cmp {j}, {x}",
+            "jb 12b",
+            "sub {h}, {k}",
+            "mov {t}, qword ptr [{a} + 16]",
+            "mov qword ptr [{c} + {t}], {h}",
+            "4:",
+            "jmp 6f",
+            "7:",
+            "xor {k:e}, {k:e}",
+            "6:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "8:",
+            ".long 0, 0",
+            ".quad 3b, 4b - 3b, 5f",
+            ".popsection",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "5:",
+            "jmp 2b",
+            ".popsection",
+            off = in(reg) off,
+            a = in(reg) a as *const BatchArgs,
+            shift = const SHIFT,
+            ent = const ENTRIES_OFF,
+            t = out(reg) _,
+            c = out(reg) _,
+            h = out(reg) _,
+            j = out(reg) _,
+            x = out(reg) _,
+            k = out(reg) k,
+            out("xmm0") _,
+            options(nostack),
+        );
+    }
+    k
+}
+
+/// Moves up to `a.n` entries from `a.buf` onto the current CPU's cache.
+/// Returns how many (0: full or no valid CPU); the first ones are moved.
+///
+/// # Safety
+/// As for [`pop_batch`].
+#[inline(always)]
+pub unsafe fn push_batch(off: isize, a: &BatchArgs) -> usize {
+    let k: usize;
+    // SAFETY: as for push.
+    unsafe {
+        asm!(
+            "2:",
+            "lea {t}, [rip + 8f]",
+            "mov qword ptr fs:[{off} + 8], {t}",
+            "3:",
+            "mov {c:e}, dword ptr fs:[{off} + 4]",
+            "cmp {c}, qword ptr [{a} + 8]",
+            "jae 7f",
+            "shl {c}, {shift}",
+            "add {c}, qword ptr [{a}]",
+            "mov {t}, qword ptr [{a} + 16]",
+            "mov {h}, qword ptr [{c} + {t}]",
+            "movzx {j:e}, {h:x}",
+            "mov {k}, {h}",
+            "shr {k}, 32",
+            "movzx {k:e}, {k:x}",
+            "sub {k:e}, {j:e}",
+            "jz 7f",
+            "cmp {k}, qword ptr [{a} + 24]",
+            "cmova {k}, qword ptr [{a} + 24]",
+            "shl {j}, 4",
+            "lea {j}, [{c} + {j} + {ent}]",
+            "mov {t}, qword ptr [{a} + 32]",
+            "mov {x}, {k}",
+            "shl {x}, 4",
+            "add {x}, {t}",
+            "12:",
+            "movups xmm0, xmmword ptr [{t}]",
+            "movups xmmword ptr [{j}], xmm0",
+            "add {j}, 16",
+            "add {t}, 16",
+            "cmp {t}, {x}",
+            "jb 12b",
+            "add {h}, {k}",
+            "mov {t}, qword ptr [{a} + 16]",
+            "mov qword ptr [{c} + {t}], {h}",
+            "4:",
+            "jmp 6f",
+            "7:",
+            "xor {k:e}, {k:e}",
+            "6:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "8:",
+            ".long 0, 0",
+            ".quad 3b, 4b - 3b, 5f",
+            ".popsection",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "5:",
+            "jmp 2b",
+            ".popsection",
+            off = in(reg) off,
+            a = in(reg) a as *const BatchArgs,
+            shift = const SHIFT,
+            ent = const ENTRIES_OFF,
+            t = out(reg) _,
+            c = out(reg) _,
+            h = out(reg) _,
+            j = out(reg) _,
+            x = out(reg) _,
+            k = out(reg) k,
+            out("xmm0") _,
+            options(nostack),
+        );
+    }
+    k
+}
+
+/// Carves `size` bytes aligned to `amask + 1` from the current CPU's tiny block.
+/// Tiny word: `block << 16 | count << 8 | offset`, 0 when the CPU has no block.
+/// Returns the object, or 0 when it does not fit (or no valid CPU).
+///
+/// # Safety
+/// As for [`pop`]; size <= 16, amask + 1 a power of two <= 8.
+#[inline(always)]
+pub unsafe fn tiny_alloc(off: isize, caches: usize, ncpu: usize, size: usize, amask: usize) -> usize {
+    let r: usize;
+    // SAFETY: as for pop; the commit is the single store of the tiny word.
+    unsafe {
+        asm!(
+            "2:",
+            "lea {t}, [rip + 8f]",
+            "mov qword ptr fs:[{off} + 8], {t}",
+            "3:",
+            "mov {c:e}, dword ptr fs:[{off} + 4]",
+            "cmp {c}, {ncpu}",
+            "jae 7f",
+            "shl {c}, {shift}",
+            "add {c}, {caches}",
+            "mov {w}, qword ptr [{c} + {tiny}]",
+            "test {w}, {w}",
+            "jz 7f",
+            "movzx {t:e}, {w:l}",
+            "add {t}, {amask}",
+            "mov {e}, {amask}",
+            "not {e}",
+            "and {t}, {e}",
+            "lea {e}, [{t} + {size}]",
+            "cmp {e}, 16",
+            "ja 7f",
+            "and {w}, -256",
+            "or {w}, {e}",
+            "add {w}, 256",
+            "mov qword ptr [{c} + {tiny}], {w}",
+            "4:",
+            "shr {w}, 16",
+            "add {w}, {t}",
+            "jmp 6f",
+            "7:",
+            "xor {w:e}, {w:e}",
+            "6:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "8:",
+            ".long 0, 0",
+            ".quad 3b, 4b - 3b, 5f",
+            ".popsection",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "5:",
+            "jmp 2b",
+            ".popsection",
+            off = in(reg) off,
+            ncpu = in(reg) ncpu,
+            caches = in(reg) caches,
+            size = in(reg) size,
+            amask = in(reg) amask,
+            shift = const SHIFT,
+            tiny = const TINY_OFF,
+            t = out(reg) _,
+            c = out(reg) _,
+            e = out(reg) _,
+            w = out(reg) r,
+            options(nostack),
+        );
+    }
+    r
+}
+
+/// Replaces the current CPU's tiny word with `new`. Returns `(done, old)`.
+///
+/// # Safety
+/// As for [`pop`].
+#[inline(always)]
+pub unsafe fn tiny_swap(off: isize, caches: usize, ncpu: usize, new: usize) -> (bool, usize) {
+    let old: usize;
+    let ok: usize;
+    // SAFETY: as for pop; the commit is the store of the new word.
+    unsafe {
+        asm!(
+            "2:",
+            "lea {t}, [rip + 8f]",
+            "mov qword ptr fs:[{off} + 8], {t}",
+            "3:",
+            "mov {c:e}, dword ptr fs:[{off} + 4]",
+            "cmp {c}, {ncpu}",
+            "jae 7f",
+            "shl {c}, {shift}",
+            "add {c}, {caches}",
+            "mov {old}, qword ptr [{c} + {tiny}]",
+            "mov qword ptr [{c} + {tiny}], {new}",
+            "4:",
+            "mov {ok:e}, 1",
+            "jmp 6f",
+            "7:",
+            "xor {ok:e}, {ok:e}",
+            "xor {old:e}, {old:e}",
+            "6:",
+            ".pushsection __rseq_cs, \"aw\"",
+            ".balign 32",
+            "8:",
+            ".long 0, 0",
+            ".quad 3b, 4b - 3b, 5f",
+            ".popsection",
+            ".pushsection __rseq_failure, \"ax\"",
+            ".byte 0x0f, 0xb9, 0x3d",
+            ".long 0x53053053",
+            "5:",
+            "jmp 2b",
+            ".popsection",
+            off = in(reg) off,
+            ncpu = in(reg) ncpu,
+            caches = in(reg) caches,
+            new = in(reg) new,
+            shift = const SHIFT,
+            tiny = const TINY_OFF,
+            t = out(reg) _,
+            c = out(reg) _,
+            old = out(reg) old,
+            ok = out(reg) ok,
+            options(nostack),
+        );
+    }
+    (ok != 0, old)
+}

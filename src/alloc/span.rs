@@ -1,0 +1,343 @@
+//! Spans: runs of pages, each either free (owned by the page heap), carved into
+//! slots of one size class (small), or holding one object (large).
+//!
+//! Per-slot state lives out of band, in metadata, never in the slots:
+//! - `free_bits` (1 bit per slot, guarded by the class's central lock): the slot is
+//!   in the span, available to hand to a per-CPU cache. A slot whose bit is clear
+//!   is "out": held by a cache, a transfer batch, or the user.
+//! - `alloc` (1 byte per slot, written with plain atomic stores): 1 while the user
+//!   holds the slot. `free` checks and clears it (so a double free or a foreign
+//!   pointer is caught), and the collector asks it whether a slot is allocated.
+//!   A byte rather than a bit, so that threads on different CPUs update
+//!   neighbouring slots without read-modify-write.
+//! - `tiny_live` (tiny spans only, 1 byte per 16-byte block): the block's live
+//!   sub-object count, biased while a per-CPU cache still carves the block.
+
+use core::ptr;
+use core::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
+
+use super::meta;
+use super::sizeclass::{self, PAGE_SIZE};
+
+/// Span states.
+pub const FREE: u8 = 0;
+pub const SMALL: u8 = 1;
+pub const LARGE: u8 = 2;
+/// A record not describing any pages (merged away or never used).
+pub const DEAD: u8 = 3;
+
+/// Values of a slot's `alloc` byte.
+pub const SLOT_FREE: u8 = 0;
+pub const SLOT_ALLOCATED: u8 = 1;
+
+#[repr(C)]
+pub struct Span {
+    pub base: usize,
+    pub npages: usize,
+    /// Links for the list the span is on (page heap free list or central partial list).
+    pub next: *mut Span,
+    pub prev: *mut Span,
+    pub state: AtomicU8,
+    /// Span class: `class << 1 | noscan`, or the tiny span class.
+    pub spanclass: u8,
+    pub class: u8,
+    pub noscan: bool,
+    pub tiny: bool,
+    /// Free spans: the memory reads as zero (fresh from the OS or scavenged).
+    pub zeroed: bool,
+    /// Free spans: the pages were returned to the OS.
+    pub scavenged: bool,
+    /// Small spans: on the central partial list.
+    pub in_partial: bool,
+    pub elemsize: u32,
+    pub nelems: u32,
+    /// Small spans: slots with their free bit set (central lock).
+    pub nfree: u32,
+    /// Small spans: word index where the search for free bits resumes.
+    pub cursor: u32,
+    pub div_magic: u64,
+    /// The collector's sweep generation (Go's sweepgen); set on creation.
+    pub sweepgen: AtomicU32,
+    /// Free spans: when they became free (ms), for the scavenger's delay.
+    pub free_since_ms: u64,
+    pub free_bits: *mut u64,
+    pub alloc: *const AtomicU8,
+    pub tiny_live: *const AtomicU8,
+    /// The slot-state byte of a large span's single object.
+    pub large_alloc: AtomicU8,
+    /// The metadata block holding the bitmaps of a small span, and its size.
+    bits_block: *mut u8,
+    bits_size: usize,
+}
+
+impl Span {
+    /// A new record for `npages` pages at `base`, in state FREE.
+    pub fn new_record(base: usize, npages: usize) -> *mut Span {
+        let s = meta::alloc(core::mem::size_of::<Span>()) as *mut Span;
+        if s.is_null() {
+            return s;
+        }
+        // SAFETY: meta::alloc returned zeroed memory of the right size, and an
+        // all-zero Span is valid (null pointers, FREE state); we set the fields.
+        unsafe {
+            (*s).base = base;
+            (*s).npages = npages;
+        }
+        s
+    }
+
+    /// Returns a dead record to metadata.
+    ///
+    /// # Safety
+    /// `s` must be unlinked and no longer reachable from the page map.
+    pub unsafe fn free_record(s: *mut Span) {
+        // SAFETY: forwarded contract.
+        unsafe {
+            (*s).release_bits();
+            (*s).state.store(DEAD, Relaxed);
+            meta::free(s as *mut u8, core::mem::size_of::<Span>());
+        }
+    }
+
+    #[inline(always)]
+    pub fn end(&self) -> usize {
+        self.base + self.npages * PAGE_SIZE
+    }
+
+    /// Turns a freshly allocated span into a small span of `class`. Returns false
+    /// when metadata memory is exhausted.
+    pub fn init_small(&mut self, class: usize, noscan: bool, tiny: bool, spanclass: u8) -> bool {
+        let size = sizeclass::size_of_class(class);
+        let n = self.npages * PAGE_SIZE / size;
+        let words = n.div_ceil(64);
+        let bytes = words * 8 + n + if tiny { n } else { 0 };
+        let block = meta::alloc(bytes);
+        if block.is_null() {
+            return false;
+        }
+        self.bits_block = block;
+        self.bits_size = bytes;
+        self.free_bits = block as *mut u64;
+        // SAFETY: the block holds words*8 bytes of bitmap, then n state bytes,
+        // then (tiny) n count bytes, all zeroed.
+        unsafe {
+            self.alloc = block.add(words * 8) as *const AtomicU8;
+            self.tiny_live = if tiny { block.add(words * 8 + n) as *const AtomicU8 } else { ptr::null() };
+            for w in 0..words {
+                let bits = if (w + 1) * 64 <= n { !0u64 } else { (1u64 << (n - w * 64)) - 1 };
+                *self.free_bits.add(w) = bits;
+            }
+        }
+        self.class = class as u8;
+        self.spanclass = spanclass;
+        self.noscan = noscan;
+        self.tiny = tiny;
+        self.elemsize = size as u32;
+        self.nelems = n as u32;
+        self.nfree = n as u32;
+        self.cursor = 0;
+        self.in_partial = false;
+        self.div_magic = sizeclass::div_magic(size);
+        self.state.store(SMALL, Relaxed);
+        true
+    }
+
+    /// Turns a freshly allocated span into a large span of one object.
+    pub fn init_large(&mut self, noscan: bool) {
+        self.class = 0;
+        self.spanclass = 0;
+        self.noscan = noscan;
+        self.tiny = false;
+        self.elemsize = 0;
+        self.nelems = 1;
+        self.nfree = 0;
+        self.large_alloc.store(SLOT_ALLOCATED, Relaxed);
+        self.alloc = &self.large_alloc;
+        self.state.store(LARGE, Relaxed);
+    }
+
+    /// Releases a small span's bitmaps (when the span goes back to the page heap).
+    pub fn release_bits(&mut self) {
+        if !self.bits_block.is_null() {
+            // SAFETY: the block came from meta::alloc(bits_size).
+            unsafe { meta::free(self.bits_block, self.bits_size) };
+            self.bits_block = ptr::null_mut();
+            self.free_bits = ptr::null_mut();
+            self.alloc = ptr::null();
+            self.tiny_live = ptr::null();
+        }
+    }
+
+    /// The slot index of address `p` (interior addresses included).
+    #[inline(always)]
+    pub fn slot_of(&self, p: usize) -> usize {
+        (((p - self.base) as u64 * self.div_magic) >> 32) as usize
+    }
+
+    /// Start address of slot `i`.
+    #[inline(always)]
+    pub fn slot_addr(&self, i: usize) -> usize {
+        self.base + i * self.elemsize as usize
+    }
+
+    /// The state byte of slot `i`.
+    #[inline(always)]
+    pub fn slot_state(&self, i: usize) -> &AtomicU8 {
+        debug_assert!(i < self.nelems as usize);
+        // SAFETY: i < nelems and alloc points at nelems bytes.
+        unsafe { &*self.alloc.add(i) }
+    }
+
+    /// The live count of tiny block `i`.
+    #[inline(always)]
+    pub fn tiny_count(&self, i: usize) -> &AtomicU8 {
+        debug_assert!(self.tiny && i < self.nelems as usize);
+        // SAFETY: tiny spans have nelems count bytes.
+        unsafe { &*self.tiny_live.add(i) }
+    }
+
+    #[inline]
+    pub fn is_slot_free_in_span(&self, i: usize) -> bool {
+        // SAFETY: i < nelems, within the bitmap.
+        unsafe { *self.free_bits.add(i / 64) & (1 << (i % 64)) != 0 }
+    }
+
+    /// Takes up to `out.len()` free slots out of the span (central lock held),
+    /// writing (address, state byte) pairs. Returns how many.
+    pub fn take_slots(&mut self, out: &mut [Entry]) -> usize {
+        let words = (self.nelems as usize).div_ceil(64);
+        let mut n = 0;
+        let mut w = self.cursor as usize;
+        while n < out.len() && self.nfree > 0 {
+            if w >= words {
+                w = 0;
+            }
+            // SAFETY: w < words.
+            let word = unsafe { &mut *self.free_bits.add(w) };
+            while *word != 0 && n < out.len() {
+                let b = word.trailing_zeros() as usize;
+                *word &= *word - 1;
+                let i = w * 64 + b;
+                out[n] = Entry { ptr: self.slot_addr(i), state: self.slot_state(i) as *const _ as usize };
+                n += 1;
+                self.nfree -= 1;
+            }
+            if *word == 0 {
+                w += 1;
+            }
+        }
+        self.cursor = w.min(words.saturating_sub(1)) as u32;
+        n
+    }
+
+    /// Puts slot `i` back into the span (central lock held).
+    #[inline]
+    pub fn put_slot(&mut self, i: usize) {
+        debug_assert!(!self.is_slot_free_in_span(i), "slot returned twice");
+        // SAFETY: i < nelems.
+        unsafe { *self.free_bits.add(i / 64) |= 1 << (i % 64) };
+        self.nfree += 1;
+    }
+}
+
+/// A cached free slot: its address and the address of its state byte, so that
+/// the allocation fast path marks the slot allocated without a page-map lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub ptr: usize,
+    pub state: usize,
+}
+
+/// An intrusive doubly-linked list of spans (the links live in the records).
+pub struct SpanList {
+    pub head: *mut Span,
+    pub len: usize,
+}
+
+impl SpanList {
+    pub const fn new() -> Self {
+        SpanList { head: ptr::null_mut(), len: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.head.is_null()
+    }
+
+    /// # Safety
+    /// `s` must be a live record not on any list.
+    pub unsafe fn push(&mut self, s: *mut Span) {
+        // SAFETY: s is live and unlinked; head, if any, is on this list.
+        unsafe {
+            (*s).prev = ptr::null_mut();
+            (*s).next = self.head;
+            if !self.head.is_null() {
+                (*self.head).prev = s;
+            }
+        }
+        self.head = s;
+        self.len += 1;
+    }
+
+    /// # Safety
+    /// `s` must be on this list.
+    pub unsafe fn remove(&mut self, s: *mut Span) {
+        // SAFETY: s and its neighbours are on this list.
+        unsafe {
+            if (*s).prev.is_null() {
+                self.head = (*s).next;
+            } else {
+                (*(*s).prev).next = (*s).next;
+            }
+            if !(*s).next.is_null() {
+                (*(*s).next).prev = (*s).prev;
+            }
+            (*s).next = ptr::null_mut();
+            (*s).prev = ptr::null_mut();
+        }
+        self.len -= 1;
+    }
+}
+
+impl Default for SpanList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_span_bitmaps() {
+        let s = Span::new_record(0x10_0000, 1);
+        // SAFETY: s is a fresh record owned by this test.
+        let span = unsafe { &mut *s };
+        assert!(span.init_small(3, false, false, 6)); // 24-byte class
+        let n = span.nelems as usize;
+        assert_eq!(n, 8192 / 24);
+        assert_eq!(span.nfree as usize, n);
+        for i in 0..n {
+            assert!(span.is_slot_free_in_span(i));
+            assert_eq!(span.slot_of(span.slot_addr(i)), i);
+            assert_eq!(span.slot_of(span.slot_addr(i) + 23), i);
+        }
+        let mut out = [Entry::default(); 100];
+        assert_eq!(span.take_slots(&mut out), 100);
+        assert_eq!(span.nfree as usize, n - 100);
+        for (k, e) in out.iter().enumerate() {
+            assert_eq!(e.ptr, span.slot_addr(k));
+            assert_eq!(e.state, span.slot_state(k) as *const _ as usize);
+            assert!(!span.is_slot_free_in_span(k));
+        }
+        span.put_slot(5);
+        assert!(span.is_slot_free_in_span(5));
+        let mut rest = [Entry::default(); 400];
+        assert_eq!(span.take_slots(&mut rest), n - 99);
+        assert_eq!(span.nfree, 0);
+        assert!(rest[..n - 99].iter().any(|e| e.ptr == span.slot_addr(5)));
+        // SAFETY: the record is ours and on no list.
+        unsafe { Span::free_record(s) };
+    }
+}

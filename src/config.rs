@@ -1,0 +1,28 @@
+//! Run-time configuration, read once from the environment at initialisation
+//! (see `sys::env`: no allocation; bad values are reported by name and ignored).
+
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+use crate::sys::env;
+
+/// `MAGPIE_STATS=1`: print a summary to stderr at exit.
+pub static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
+/// `MAGPIE_SCAN_ALL=1`: no pointer-free (noscan) spans for Rust layouts.
+pub static SCAN_ALL: AtomicBool = AtomicBool::new(false);
+/// `MAGPIE_RSEQ=0`: never use rseq (forces the locked per-CPU caches).
+pub static USE_RSEQ: AtomicBool = AtomicBool::new(true);
+/// `MAGPIE_DECAY_MS`: how long freed pages stay resident before they are returned.
+pub static DECAY_MS: AtomicU64 = AtomicU64::new(1000);
+/// `MAGPIE_RETAIN`: free resident bytes kept at most before returning at once.
+pub static RETAIN: AtomicUsize = AtomicUsize::new(64 << 20);
+/// `MAGPIE_RESERVE`: address space reserved for the heap (tried first, halved on refusal).
+pub static RESERVE: AtomicUsize = AtomicUsize::new(1 << 40);
+
+pub fn load() {
+    STATS_AT_EXIT.store(env::get_bool("MAGPIE_STATS", false), Relaxed);
+    SCAN_ALL.store(env::get_bool("MAGPIE_SCAN_ALL", false), Relaxed);
+    USE_RSEQ.store(env::get_bool("MAGPIE_RSEQ", true), Relaxed);
+    DECAY_MS.store(env::get_u64("MAGPIE_DECAY_MS", 1000, 0, 3_600_000), Relaxed);
+    RETAIN.store(env::get_u64("MAGPIE_RETAIN", 64 << 20, 0, 1 << 40) as usize, Relaxed);
+    RESERVE.store(env::get_u64("MAGPIE_RESERVE", 1 << 40, 1 << 30, 1 << 46) as usize, Relaxed);
+}

@@ -1,0 +1,35 @@
+//! # magpie
+//!
+//! A memory allocator for Linux/x86-64 with Go's layering — size classes,
+//! per-CPU caches on restartable sequences, central lists, a page heap — usable
+//! as Rust's global allocator, as a C API (`magpie_malloc` and friends) and, in
+//! `libmagpie.so`, as an LD_PRELOAD replacement for the malloc family.
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static A: magpie::Magpie = magpie::Magpie;
+//! ```
+//!
+//! Nothing inside the allocator allocates from the heap it manages, panics, or
+//! takes a lock a signal handler might need; metadata lives in mappings of its
+//! own and free slots are tracked out of band (bitmaps, per-slot state bytes,
+//! per-CPU arrays), so an overflow or a write after free cannot corrupt it.
+//! See `DESIGN.md` in the project for the architecture.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod alloc;
+pub mod config;
+pub mod debug;
+pub mod front;
+pub mod stats;
+pub mod sys;
+
+pub use front::capi::*;
+pub use front::global::Magpie;
+pub use stats::{stats, ClassStats, Stats};
+
+/// Returns free memory (empty spans, free pages) to the OS. Returns bytes released.
+pub fn trim() -> usize {
+    alloc::trim()
+}

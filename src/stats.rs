@@ -1,0 +1,209 @@
+//! Statistics: `magpie::stats()` and the `MAGPIE_STATS=1` summary at exit.
+//!
+//! Counts of small objects come from per-CPU counters the fast paths bump with
+//! plain stores (an update is rarely lost to preemption; the figures are
+//! statistics, not accounting). Tiny objects are counted per 16-byte block.
+//! Large objects and page-heap figures are exact.
+
+use core::fmt::Write;
+use core::sync::atomic::Ordering::Relaxed;
+
+use crate::alloc::{self as engine, cache, central, heap, meta, sizeclass};
+use crate::sys::fatal::StackBuf;
+use crate::sys::{os, rseq};
+
+/// Figures for one size class (both scan and noscan spans).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClassStats {
+    /// Object size in bytes.
+    pub size: usize,
+    pub allocs: u64,
+    pub frees: u64,
+    /// Objects allocated and not freed (`allocs - frees`).
+    pub live: u64,
+    /// Spans of this class in use.
+    pub spans: usize,
+}
+
+/// A snapshot of the allocator's state.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// Objects allocated since start (small, tiny blocks and large).
+    pub allocations: u64,
+    pub frees: u64,
+    /// Bytes allocated since start, counted by size class (what the heap gave).
+    pub allocated_bytes: u64,
+    pub freed_bytes: u64,
+    /// `allocated_bytes - freed_bytes`.
+    pub live_bytes: u64,
+    pub large_live_bytes: u64,
+    /// Address space reserved for the heap.
+    pub heap_reserved: u64,
+    /// Heap memory made accessible (mapped read-write).
+    pub heap_committed: u64,
+    /// Pages held by spans in use.
+    pub heap_in_use: u64,
+    /// Free pages in the page heap, and how many of them are still resident.
+    pub heap_free: u64,
+    pub heap_free_resident: u64,
+    /// Bytes returned to the OS since start.
+    pub released_to_os: u64,
+    /// Metadata mapped (spans, bitmaps, central lists).
+    pub metadata_bytes: u64,
+    /// Heap committed plus metadata plus per-CPU caches.
+    pub mapped_bytes: u64,
+    /// The process's resident set size.
+    pub resident_bytes: u64,
+    /// Where per-CPU caches get their CPU number: "rseq (glibc)", "rseq (own)" or "locked".
+    pub cache_mode: &'static str,
+    pub cpus: usize,
+    /// Indexed by size class (0 unused).
+    pub classes: [ClassStats; sizeclass::NUM_CLASSES],
+}
+
+/// The current statistics. Allocation-free; safe to call at any time.
+pub fn stats() -> Stats {
+    let mut classes = [ClassStats::default(); sizeclass::NUM_CLASSES];
+    for (c, cs) in classes.iter_mut().enumerate() {
+        cs.size = sizeclass::size_of_class(c);
+    }
+    let ready = engine::is_ready();
+    let mut allocations = 0;
+    let mut frees = 0;
+    let mut allocated_bytes = 0;
+    let mut freed_bytes = 0;
+    if ready {
+        for i in 0..cache::ncaches() {
+            let c = cache::cache_at(i);
+            for sc in 2..central::NUM_SPANCLASSES {
+                let class = central::class_of_sc(sc);
+                let a = c.stats.allocs[sc].load(Relaxed);
+                let f = c.stats.frees[sc].load(Relaxed);
+                classes[class].allocs += a;
+                classes[class].frees += f;
+            }
+        }
+        for sc in 2..central::NUM_SPANCLASSES {
+            classes[central::class_of_sc(sc)].spans += central::spans_in_use(sc);
+        }
+    }
+    for cs in classes.iter_mut() {
+        cs.live = cs.allocs.saturating_sub(cs.frees);
+        allocations += cs.allocs;
+        frees += cs.frees;
+        allocated_bytes += cs.allocs * cs.size as u64;
+        freed_bytes += cs.frees * cs.size as u64;
+    }
+    let la = engine::LARGE_ALLOC_BYTES.load(Relaxed);
+    let lf = engine::LARGE_FREE_BYTES.load(Relaxed);
+    allocations += engine::LARGE_ALLOCS.load(Relaxed);
+    frees += engine::LARGE_FREES.load(Relaxed);
+    allocated_bytes += la;
+    freed_bytes += lf;
+    let h = if ready { heap::stats() } else { heap::HeapStats::default() };
+    let caches_bytes = (cache::ncaches() * core::mem::size_of::<cache::CpuCache>()) as u64;
+    let metadata = meta::mapped() as u64 + heap::pagemap_range().1 as u64 / 1024;
+    Stats {
+        allocations,
+        frees,
+        allocated_bytes,
+        freed_bytes,
+        live_bytes: allocated_bytes.saturating_sub(freed_bytes),
+        large_live_bytes: la.saturating_sub(lf),
+        heap_reserved: h.reserved as u64,
+        heap_committed: h.committed as u64,
+        heap_in_use: h.in_use as u64,
+        heap_free: h.free as u64,
+        heap_free_resident: h.free_resident as u64,
+        released_to_os: h.released_total,
+        metadata_bytes: metadata,
+        mapped_bytes: h.committed as u64 + metadata + caches_bytes,
+        resident_bytes: os::resident_bytes() as u64,
+        cache_mode: if cache::FAST.rseq_off.load(Relaxed) == 0 {
+            "locked"
+        } else if rseq::source() == rseq::Source::Glibc {
+            "rseq (glibc)"
+        } else {
+            "rseq (own)"
+        },
+        cpus: cache::ncaches() / 2,
+        classes,
+    }
+}
+
+/// Writes `n` bytes in a human unit (B, KiB, MiB, GiB, TiB).
+pub struct Bytes(pub u64);
+
+impl core::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = self.0 as f64;
+        let mut u = 0;
+        while v >= 1024.0 && u < units.len() - 1 {
+            v /= 1024.0;
+            u += 1;
+        }
+        if u == 0 {
+            write!(f, "{} B", self.0)
+        } else {
+            write!(f, "{v:.1} {}", units[u])
+        }
+    }
+}
+
+/// Writes the human-readable summary to `out` (no allocation).
+pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
+    writeln!(out, "magpie: statistics")?;
+    writeln!(
+        out,
+        "  heap        {} in use, {} committed, {} reserved",
+        Bytes(s.heap_in_use),
+        Bytes(s.heap_committed),
+        Bytes(s.heap_reserved)
+    )?;
+    writeln!(
+        out,
+        "  free pages  {} ({} resident), {} returned to the OS",
+        Bytes(s.heap_free),
+        Bytes(s.heap_free_resident),
+        Bytes(s.released_to_os)
+    )?;
+    writeln!(
+        out,
+        "  process     RSS {}, metadata {}, mapped {}",
+        Bytes(s.resident_bytes),
+        Bytes(s.metadata_bytes),
+        Bytes(s.mapped_bytes)
+    )?;
+    writeln!(
+        out,
+        "  objects     {} allocated ({}), {} freed ({}), {} live",
+        s.allocations,
+        Bytes(s.allocated_bytes),
+        s.frees,
+        Bytes(s.freed_bytes),
+        Bytes(s.live_bytes)
+    )?;
+    writeln!(out, "  caches      per-CPU, {}, {} CPUs", s.cache_mode, s.cpus)?;
+    writeln!(out, "  size classes with allocations (size: allocations / live objects / spans):")?;
+    let mut col = 0;
+    for c in s.classes.iter().skip(1).filter(|c| c.allocs > 0) {
+        write!(out, "    {:>6} B: {:>9} / {:>8} / {:>5}", c.size, c.allocs, c.live, c.spans)?;
+        col += 1;
+        if col % 2 == 0 {
+            writeln!(out)?;
+        }
+    }
+    if col % 2 != 0 {
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// The `MAGPIE_STATS=1` exit handler.
+pub extern "C" fn print_at_exit() {
+    let s = stats();
+    let mut b = StackBuf::<8192>::new();
+    let _ = write_summary(&mut b, &s);
+    b.write_stderr();
+}

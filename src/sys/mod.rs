@@ -1,0 +1,7 @@
+//! The OS layer: everything magpie asks of Linux and glibc, kept apart from the
+//! allocator's logic. Nothing here allocates from the managed heap.
+
+pub mod env;
+pub mod fatal;
+pub mod os;
+pub mod rseq;
