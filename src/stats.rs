@@ -102,7 +102,9 @@ pub fn stats() -> Stats {
     freed_bytes += lf;
     let h = if ready { heap::stats() } else { heap::HeapStats::default() };
     let caches_bytes = (cache::ncaches() * core::mem::size_of::<cache::CpuCache>()) as u64;
-    let metadata = meta::mapped() as u64 + heap::pagemap_range().1 as u64 / 1024;
+    // The page map is reserved for the whole range but touched only for the
+    // committed part: one 8-byte entry per 8 KiB page.
+    let metadata = meta::mapped() as u64 + h.committed as u64 / 1024;
     Stats {
         allocations,
         frees,
