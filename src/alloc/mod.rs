@@ -286,6 +286,10 @@ pub fn owner_of(p: usize, what: Op) -> Owner {
         return Owner::Large(sp);
     }
     let i = sp.slot_of(p);
+    if i >= sp.nelems as usize {
+        // The span's tail, past its last slot.
+        bad_pointer(p, what, "a pointer magpie never returned");
+    }
     if sp.tiny {
         return Owner::Tiny(sp, i);
     }
