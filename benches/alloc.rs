@@ -185,7 +185,7 @@ fn bench_random<A: GlobalAlloc>(a: &A, steps: usize) -> (Duration, u64) {
 // batches of pointers. The ring lives on the stack; no allocation besides the
 // objects themselves. Queue cost: two atomic index updates per 64 objects.
 const BATCH_C: usize = 64;
-const RING_C: usize = 64; // batches; 4096 objects in flight at most
+const RING_C: usize = 256; // batches; 16384 objects in flight at most
 
 #[repr(align(128))]
 struct Padded(AtomicUsize);
@@ -199,13 +199,17 @@ struct Ring {
 // read only by the consumer before `head` passes it (acquire/release).
 unsafe impl Sync for Ring {}
 
-#[inline(always)]
+/// Waiting for the other side: spin briefly, then yield, then sleep in short
+/// naps (the two threads may share one core on a busy machine).
+#[cold]
 fn wait(spins: &mut u32) {
     *spins += 1;
-    if *spins < 64 {
+    if *spins < 100 {
         std::hint::spin_loop();
-    } else {
+    } else if *spins < 120 {
         std::thread::yield_now();
+    } else {
+        std::thread::park_timeout(Duration::from_micros(50));
     }
 }
 
@@ -219,6 +223,7 @@ fn bench_prodcons<A: GlobalAlloc + Sync>(a: &A, batches: usize) -> (Duration, u6
     };
     let ready = AtomicBool::new(false);
     let layout = |k: usize| unsafe { Layout::from_size_align_unchecked(SIZES_C[k % SIZES_C.len()], 8) };
+    let ring = &ring; // capture the whole ring (Sync), not its fields
     let mut el = Duration::ZERO;
     std::thread::scope(|sc| {
         let consumer = sc.spawn(|| {
@@ -315,33 +320,34 @@ struct Bench {
     id: &'static str,
     name: &'static str,
     target: Option<f64>,
-    /// Runs the benchmark with the given work amount; returns ns/op.
-    run_m: fn(usize) -> f64,
-    run_s: fn(usize) -> f64,
+    /// Work per run (fixed, same for both allocators; 1/20 with --quick),
+    /// sized for roughly 0.1-0.3 s per run on an idle machine.
+    work: usize,
+    /// Runs the benchmark with the given work amount; returns (time, ops).
+    run_m: fn(usize) -> (Duration, u64),
+    run_s: fn(usize) -> (Duration, u64),
 }
 
-fn ns(r: (Duration, u64)) -> f64 {
-    r.0.as_nanos() as f64 / r.1 as f64
-}
+type RunFn = fn(usize) -> (Duration, u64);
 
 macro_rules! both {
     ($f:ident $(, $arg:expr)*) => {
         (
-            (|n| ns($f(&Magpie, n $(, $arg)*))) as fn(usize) -> f64,
-            (|n| ns($f(&System, n $(, $arg)*))) as fn(usize) -> f64,
+            (|n| $f(&Magpie, n $(, $arg)*)) as RunFn,
+            (|n| $f(&System, n $(, $arg)*)) as RunFn,
         )
     };
 }
 
 fn benches() -> Vec<Bench> {
-    let mk = |id, name, target, (run_m, run_s): (fn(usize) -> f64, fn(usize) -> f64)| Bench { id, name, target, run_m, run_s };
+    let mk = |id, name, target, work, (run_m, run_s): (RunFn, RunFn)| Bench { id, name, target, work, run_m, run_s };
     vec![
-        mk("a", "(a) malloc/free pairs, 16-64 B, align 8, batches of 100", Some(0.5), both!(bench_pairs, &SIZES_C, 8)),
-        mk("a1", "(a') same, align 1 (magpie: noscan spans)", None, both!(bench_pairs, &SIZES_C, 1)),
-        mk("a1t", "(a') pairs, 4-12 B, align 1 (magpie: tiny blocks)", None, both!(bench_pairs, &SIZES_TINY, 1)),
-        mk("b", "(b) random 8-1024 B, 10k live, replace one per op", Some(0.5), both!(bench_random)),
-        mk("c", "(c) producer/consumer threads, 16-64 B, per object", Some(0.7), both!(bench_prodcons)),
-        mk("d", "(d) realloc doubling 16 B -> 1 MiB, per realloc", None, both!(bench_realloc)),
+        mk("a", "(a) malloc/free pairs, 16-64 B, align 8, batches of 100", Some(0.5), 150_000, both!(bench_pairs, &SIZES_C, 8)),
+        mk("a1", "(a') same, align 1 (magpie: noscan spans)", None, 150_000, both!(bench_pairs, &SIZES_C, 1)),
+        mk("a1t", "(a') pairs, 4-12 B, align 1 (magpie: tiny blocks)", None, 150_000, both!(bench_pairs, &SIZES_TINY, 1)),
+        mk("b", "(b) random 8-1024 B, 10k live, replace one per op", Some(0.5), 6_000_000, both!(bench_random)),
+        mk("c", "(c) producer/consumer threads, 16-64 B, per object", Some(0.7), 150_000, both!(bench_prodcons)),
+        mk("d", "(d) realloc doubling 16 B -> 1 MiB, per realloc", None, 3_000, both!(bench_realloc)),
     ]
 }
 
@@ -363,9 +369,6 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or(if quick { 3 } else { 7 });
-    // Target duration of one run; the work amount is calibrated on the system
-    // allocator and then kept the same for both.
-    let target = Duration::from_millis(if quick { 15 } else { 200 });
 
     println!(
         "magpie vs system allocator: {} run(s) each, interleaved M,S,M,S..., median ns/op{}\n",
@@ -377,25 +380,26 @@ fn main() {
         if !filters.is_empty() && !filters.iter().any(|f| b.id.starts_with(f)) {
             continue;
         }
-        // Warm up both (first-touch of heaps, magpie's initialisation) and calibrate.
-        let mut n = 16usize;
-        (b.run_m)(n);
-        loop {
-            let t = Instant::now();
-            (b.run_s)(n);
-            let el = t.elapsed();
-            if el >= target / 8 || n >= 1 << 30 {
-                let scale = target.as_secs_f64() / el.as_secs_f64().max(1e-9);
-                n = ((n as f64 * scale) as usize).max(1);
-                break;
-            }
-            n *= 4;
-        }
-        (b.run_m)(n);
+        let n = if quick { (b.work / 20).max(1) } else { b.work };
+        let chunks = if quick { 2 } else { 8 };
+        // Warm-up (first touch of both heaps, magpie's initialisation), untimed.
+        (b.run_m)((n / 4).max(1));
+        (b.run_s)((n / 4).max(1));
         let (mut m, mut s) = (Vec::new(), Vec::new());
         for r in 0..runs {
-            m.push((b.run_m)(n));
-            s.push((b.run_s)(n));
+            // One run = `chunks` alternating slices M,S,M,S,... of n/chunks
+            // each, so that both allocators see the same machine load.
+            let (mut tm, mut om, mut ts, mut os) = (Duration::ZERO, 0, Duration::ZERO, 0);
+            for _ in 0..chunks {
+                let (t, o) = (b.run_m)((n / chunks).max(1));
+                tm += t;
+                om += o;
+                let (t, o) = (b.run_s)((n / chunks).max(1));
+                ts += t;
+                os += o;
+            }
+            m.push(tm.as_nanos() as f64 / om as f64);
+            s.push(ts.as_nanos() as f64 / os as f64);
             if verbose {
                 eprintln!("{:>4} run {}: magpie {:8.2}  system {:8.2} ns/op  (n={})", b.id, r, m[r], s[r], n);
             }

@@ -92,7 +92,7 @@ pub fn verify_heap() -> Result<HeapReport, VerifyError> {
         }
         // SAFETY: span_of returns live records.
         let sp = unsafe { &*s };
-        if sp.state.load(Relaxed) != span::SMALL || sp.spanclass as usize != sc {
+        if !span::is_slotted(sp.state.load(Relaxed)) || sp.spanclass as usize != sc {
             return Err(VerifyError::new("cached slot in a span of another class", e.ptr));
         }
         let i = sp.slot_of(e.ptr);

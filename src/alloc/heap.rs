@@ -6,11 +6,10 @@
 //! which span?" is one range check and one load ([`span_of`]); the collector asks
 //! it for every word it scans and `free` for every pointer.
 //!
-//! Page-map invariant: every page of an in-use (small or large) span maps to that
-//! span; the first and last page of a free span map to it; other entries may be
-//! stale. Span records are type-stable metadata, so a stale entry still points
-//! at a span record, and [`span_of`] accepts a record only if it is in use and its
-//! range contains the address.
+//! Page-map invariant (exact, checked by the verifier): every page of an in-use
+//! span maps to that span; the first and last page of a free span map to it
+//! with the low bit set (the coalescing code finds free neighbours there);
+//! every other entry is zero. So [`span_of`] is one load and a tag test.
 //!
 //! Free runs are kept on lists by length (1..127 pages, then one list for longer
 //! runs, searched best-fit, lowest address on ties) and coalesce with free
@@ -27,10 +26,24 @@ use super::sizeclass::{PAGE_SHIFT, PAGE_SIZE};
 use super::span::{self, Span, SpanList};
 use crate::sys::os;
 
-/// The heap's reserved range and its page map, fixed after init.
-static BASE: AtomicUsize = AtomicUsize::new(0);
-static RESERVED: AtomicUsize = AtomicUsize::new(0);
-static PAGEMAP: AtomicPtr<AtomicPtr<Span>> = AtomicPtr::new(ptr::null_mut());
+/// The heap's reserved range and its page map, fixed after init, on one cache
+/// line: every `free` reads them.
+#[repr(C, align(64))]
+struct Map {
+    base: AtomicUsize,
+    size: AtomicUsize,
+    /// One word per page: a span pointer, a free span's pointer with bit 0 set, or 0.
+    pagemap: AtomicPtr<AtomicUsize>,
+}
+
+static MAP: Map = Map {
+    base: AtomicUsize::new(0),
+    size: AtomicUsize::new(0),
+    pagemap: AtomicPtr::new(ptr::null_mut()),
+};
+
+/// The tag of a free span's page-map entries.
+const FREE_TAG: usize = 1;
 
 /// Growth step of the committed part of the heap.
 const COMMIT_STEP: usize = 64 << 20;
@@ -77,15 +90,15 @@ pub fn init(max_reserve: usize, decay_ms: u64, retain: usize) -> bool {
         if !p.is_null() {
             let base = (p as usize + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
             let entries = size >> PAGE_SHIFT;
-            let pm = os::map_rw(entries * core::mem::size_of::<AtomicPtr<Span>>());
+            let pm = os::map_rw(entries * core::mem::size_of::<AtomicUsize>());
             if pm.is_null() {
                 // SAFETY: unmapping the reservation we just made.
                 unsafe { libc::munmap(p.cast(), size + PAGE_SIZE) };
                 return false;
             }
-            PAGEMAP.store(pm.cast(), Relaxed);
-            RESERVED.store(size, Relaxed);
-            BASE.store(base, Relaxed);
+            MAP.pagemap.store(pm.cast(), Relaxed);
+            MAP.size.store(size, Relaxed);
+            MAP.base.store(base, Relaxed);
             HEAP.lock().committed_end = base;
             return true;
         }
@@ -96,57 +109,70 @@ pub fn init(max_reserve: usize, decay_ms: u64, retain: usize) -> bool {
 
 /// The reserved heap range `(base, size)`.
 pub fn range() -> (usize, usize) {
-    (BASE.load(Relaxed), RESERVED.load(Relaxed))
+    (MAP.base.load(Relaxed), MAP.size.load(Relaxed))
 }
 
 /// The page-map range `(address, bytes)`, magpie's own metadata.
 pub fn pagemap_range() -> (usize, usize) {
-    (PAGEMAP.load(Relaxed) as usize, (RESERVED.load(Relaxed) >> PAGE_SHIFT) * 8)
+    (MAP.pagemap.load(Relaxed) as usize, (MAP.size.load(Relaxed) >> PAGE_SHIFT) * 8)
 }
 
 #[inline(always)]
-fn entry(addr: usize) -> Option<&'static AtomicPtr<Span>> {
-    let off = addr.wrapping_sub(BASE.load(Relaxed));
-    if off >= RESERVED.load(Relaxed) {
+fn entry(addr: usize) -> Option<&'static AtomicUsize> {
+    let off = addr.wrapping_sub(MAP.base.load(Relaxed));
+    if off >= MAP.size.load(Relaxed) {
         return None;
     }
-    // SAFETY: off < RESERVED, so the index is inside the page map.
-    Some(unsafe { &*PAGEMAP.load(Relaxed).add(off >> PAGE_SHIFT) })
+    // SAFETY: off < size, so the index is inside the page map.
+    Some(unsafe { &*MAP.pagemap.load(Relaxed).add(off >> PAGE_SHIFT) })
 }
 
 /// The in-use span containing `addr`, or null. O(1): the question the collector
 /// asks of every scanned word and `free` of every pointer.
 #[inline(always)]
 pub fn span_of(addr: usize) -> *mut Span {
-    let Some(e) = entry(addr) else { return ptr::null_mut() };
-    let s = e.load(Relaxed);
-    if s.is_null() {
-        return s;
-    }
-    // SAFETY: page-map entries always point at span records (type-stable).
-    let sp = unsafe { &*s };
-    let st = sp.state.load(Relaxed);
-    if (st == span::SMALL || st == span::LARGE) && addr >= sp.base && addr < sp.end() {
-        s
-    } else {
-        ptr::null_mut()
+    match entry(addr) {
+        Some(e) => {
+            let v = e.load(Relaxed);
+            if v & FREE_TAG != 0 {
+                ptr::null_mut()
+            } else {
+                v as *mut Span
+            }
+        }
+        None => ptr::null_mut(),
     }
 }
 
-fn set_pages(s: *mut Span, first: usize, n: usize) {
+/// The free span whose first or last page is at `addr`, or null.
+fn free_span_at(addr: usize) -> *mut Span {
+    match entry(addr) {
+        Some(e) => {
+            let v = e.load(Relaxed);
+            if v & FREE_TAG != 0 {
+                (v & !FREE_TAG) as *mut Span
+            } else {
+                ptr::null_mut()
+            }
+        }
+        None => ptr::null_mut(),
+    }
+}
+
+fn set_pages(value: usize, first: usize, n: usize) {
     for i in 0..n {
         if let Some(e) = entry(first + i * PAGE_SIZE) {
-            e.store(s, Relaxed);
+            e.store(value, Relaxed);
         }
     }
 }
 
-/// Sets the page-map entries of a free span (its first and last page).
+/// Tags the first and last page of free span `s` (its other entries are zero).
 fn set_free_ends(s: *mut Span) {
     // SAFETY: s is a live record under the heap lock.
     let (b, n) = unsafe { ((*s).base, (*s).npages) };
-    set_pages(s, b, 1);
-    set_pages(s, b + (n - 1) * PAGE_SIZE, 1);
+    set_pages(s as usize | FREE_TAG, b, 1);
+    set_pages(s as usize | FREE_TAG, b + (n - 1) * PAGE_SIZE, 1);
 }
 
 fn list_index(npages: usize) -> usize {
@@ -243,38 +269,34 @@ impl Inner {
         if s.is_null() {
             return false;
         }
-        // SAFETY: s is a fresh record.
-        unsafe {
-            (*s).zeroed = true;
-            (*s).scavenged = true;
-            (*s).free_since_ms = now_ms();
-        }
+        // SAFETY: s is a fresh record (dirty_pages 0: fresh memory is zero).
+        unsafe { (*s).free_since_ms = now_ms() };
         self.free_pages += step / PAGE_SIZE;
         self.add_free(s);
         true
     }
 
-    /// Coalesces free span `s` with free neighbours and puts it on a list.
+    /// Coalesces free span `s` (whose page-map entries are zero) with free
+    /// neighbours and puts it on a list.
     fn add_free(&mut self, mut s: *mut Span) {
         // SAFETY: s and the neighbours found through the page map are records
-        // under the heap lock; a neighbour is merged only if it is free and
-        // exactly adjacent.
+        // under the heap lock; tagged entries exist only at free spans' ends, so
+        // a neighbour found there is free and exactly adjacent.
         unsafe {
-            let left_addr = (*s).base.wrapping_sub(PAGE_SIZE);
-            if let Some(e) = entry(left_addr) {
-                let l = e.load(Relaxed);
-                if !l.is_null() && l != s && (*l).state.load(Relaxed) == span::FREE && (*l).end() == (*s).base {
-                    self.remove_free(l);
-                    self.merge_into(l, s);
-                    s = l;
-                }
+            let l = free_span_at((*s).base.wrapping_sub(PAGE_SIZE));
+            if !l.is_null() {
+                debug_assert!((*l).end() == (*s).base);
+                self.remove_free(l);
+                set_pages(0, (*l).end() - PAGE_SIZE, 1);
+                self.merge_into(l, s);
+                s = l;
             }
-            if let Some(e) = entry((*s).end()) {
-                let r = e.load(Relaxed);
-                if !r.is_null() && r != s && (*r).state.load(Relaxed) == span::FREE && (*r).base == (*s).end() {
-                    self.remove_free(r);
-                    self.merge_into(s, r);
-                }
+            let r = free_span_at((*s).end());
+            if !r.is_null() {
+                debug_assert!((*r).base == (*s).end());
+                self.remove_free(r);
+                set_pages(0, (*r).base, 1);
+                self.merge_into(s, r);
             }
             set_free_ends(s);
         }
@@ -288,15 +310,7 @@ impl Inner {
     unsafe fn merge_into(&mut self, a: *mut Span, b: *mut Span) {
         // SAFETY: the caller's contract.
         unsafe {
-            let (a_s, b_s) = ((*a).scavenged, (*b).scavenged);
-            if a_s != b_s {
-                // The merged run is counted dirty as a whole; the scavenger may
-                // release pages that are already released, which is harmless.
-                let clean = if a_s { (*a).npages } else { (*b).npages };
-                self.free_dirty_pages += clean;
-                (*a).scavenged = false;
-            }
-            (*a).zeroed &= (*b).zeroed;
+            (*a).dirty_pages += (*b).dirty_pages;
             (*a).free_since_ms = (*a).free_since_ms.max((*b).free_since_ms);
             (*a).npages += (*b).npages;
             Span::free_record(b);
@@ -316,13 +330,12 @@ impl Inner {
                 unsafe {
                     let next = (*s).next;
                     let old_enough = older_than.is_none_or(|d| now.saturating_sub((*s).free_since_ms) >= d);
-                    if !(*s).scavenged && old_enough {
+                    if (*s).dirty_pages > 0 && old_enough {
                         let bytes = (*s).npages * PAGE_SIZE;
                         os::decommit((*s).base as *mut u8, bytes);
-                        (*s).scavenged = true;
-                        (*s).zeroed = true;
-                        self.free_dirty_pages -= (*s).npages;
-                        released += bytes;
+                        self.free_dirty_pages -= (*s).dirty_pages;
+                        released += (*s).dirty_pages * PAGE_SIZE;
+                        (*s).dirty_pages = 0;
                     }
                     s = next;
                 }
@@ -385,45 +398,57 @@ pub fn alloc_span(npages: usize, align: usize) -> (*mut Span, bool) {
                 h.insert_free(s);
                 return (ptr::null_mut(), false);
             }
-            copy_free_flags(rest, s);
+            split_dirty(&mut h, s, rest, head);
             (*s).npages = head;
             set_free_ends(s);
             h.insert_free(s);
             s = rest;
+            // The original last page now ends `rest`.
+            set_pages(0, (*s).end() - PAGE_SIZE, 1);
         }
         let tail = (*s).npages - npages;
         if tail > 0 {
             let t = Span::new_record((*s).base + npages * PAGE_SIZE, tail);
             if t.is_null() {
+                set_pages(0, (*s).base, 1);
+                set_pages(0, (*s).end() - PAGE_SIZE, 1);
                 h.add_free(s);
                 return (ptr::null_mut(), false);
             }
-            copy_free_flags(t, s);
+            split_dirty(&mut h, s, t, npages);
             (*s).npages = npages;
             set_free_ends(t);
             h.insert_free(t);
+            (*t).state.store(span::FREE, Relaxed);
         }
         h.free_pages -= npages;
-        if !(*s).scavenged {
-            h.free_dirty_pages -= npages;
-        }
+        h.free_dirty_pages -= (*s).dirty_pages;
         h.inuse_pages += npages;
-        let needs_zero = !(*s).zeroed;
-        (*s).zeroed = false;
-        (*s).scavenged = false;
-        set_pages(s, (*s).base, npages);
+        let needs_zero = (*s).dirty_pages != 0;
+        (*s).dirty_pages = 0;
+        set_pages(s as usize, (*s).base, npages);
         (s, needs_zero)
     }
 }
 
+/// Splits the dirty bound of free span `s` (off the lists, whose own
+/// dirty pages are still counted in the total) between its first `keep` pages
+/// and the piece `rest` cut from it. Where the dirty pages lie is unknown, so
+/// each piece gets an upper bound: a piece is never taken for zeroed when it is
+/// not (the total may overestimate until the scavenger clears it).
+///
 /// # Safety
-/// Both records are valid; `from` is a free span.
-unsafe fn copy_free_flags(to: *mut Span, from: *mut Span) {
-    // SAFETY: forwarded contract.
+/// Both records are valid; `rest` covers the pages of `s` after `keep`.
+unsafe fn split_dirty(h: &mut Inner, s: *mut Span, rest: *mut Span, keep: usize) {
+    // SAFETY: the caller's contract.
     unsafe {
-        (*to).zeroed = (*from).zeroed;
-        (*to).scavenged = (*from).scavenged;
-        (*to).free_since_ms = (*from).free_since_ms;
+        let d = (*s).dirty_pages;
+        let rest_pages = (*s).npages - keep;
+        h.free_dirty_pages -= d;
+        (*s).dirty_pages = d.min(keep);
+        (*rest).dirty_pages = d.min(rest_pages);
+        h.free_dirty_pages += (*s).dirty_pages + (*rest).dirty_pages;
+        (*rest).free_since_ms = (*s).free_since_ms;
     }
 }
 
@@ -437,17 +462,55 @@ pub unsafe fn free_span(s: *mut Span) {
     unsafe {
         (*s).release_bits();
         (*s).state.store(span::FREE, Relaxed);
-        (*s).zeroed = false;
-        (*s).scavenged = false;
+        (*s).dirty_pages = (*s).npages;
         (*s).free_since_ms = now_ms();
         let n = (*s).npages;
         h.inuse_pages -= n;
         h.free_pages += n;
         h.free_dirty_pages += n;
-        // Interior entries of a free span are left stale; span_of rejects them.
+        set_pages(0, (*s).base, n);
         h.add_free(s);
     }
     h.maybe_scavenge();
+}
+
+/// Grows in-use span `s` in place to `npages` pages by taking the free pages
+/// right after it. Returns false (changing nothing) if they are not free.
+///
+/// # Safety
+/// `s` must be an in-use large span owned by the caller.
+pub unsafe fn grow_in_place(s: *mut Span, npages: usize) -> bool {
+    let mut h = HEAP.lock();
+    // SAFETY: s is in use and ours; r is a free record found at s's end.
+    unsafe {
+        let extra = npages.saturating_sub((*s).npages);
+        if extra == 0 {
+            return true;
+        }
+        let r = free_span_at((*s).end());
+        if r.is_null() || (*r).npages < extra {
+            return false;
+        }
+        h.remove_free(r);
+        let d = (*r).dirty_pages;
+        h.free_dirty_pages -= d;
+        h.free_pages -= extra;
+        h.inuse_pages += extra;
+        let old_end = (*s).end();
+        if (*r).npages == extra {
+            Span::free_record(r);
+        } else {
+            (*r).base += extra * PAGE_SIZE;
+            (*r).npages -= extra;
+            (*r).dirty_pages = d.min((*r).npages);
+            h.free_dirty_pages += (*r).dirty_pages;
+            set_free_ends(r);
+            h.insert_free(r);
+        }
+        (*s).npages = npages;
+        set_pages(s as usize, old_end, extra);
+    }
+    true
 }
 
 /// Returns every free page to the OS (malloc_trim, magpie::trim). Returns bytes released.
@@ -514,12 +577,16 @@ pub fn verify(mut visit: impl FnMut(*mut Span) -> Result<(), crate::debug::Verif
     if free_pages != h.free_pages {
         return Err(E::new("free page count is wrong", free_pages));
     }
-    // Walk the committed range span by span through the page map.
+    // Walk the committed range span by span through the page map, checking
+    // that it is exact: in-use spans on every page, free spans tagged at their
+    // ends and zero inside.
+    let load = |a: usize| entry(a).map(|e| e.load(Relaxed)).unwrap_or(0);
     let mut addr = base;
     let mut inuse = 0;
     let mut prev_free = false;
     while addr < h.committed_end {
-        let s = entry(addr).map(|e| e.load(Relaxed)).unwrap_or(ptr::null_mut());
+        let v = load(addr);
+        let s = (v & !FREE_TAG) as *mut Span;
         if s.is_null() {
             return Err(E::new("page map has no span for a committed page", addr));
         }
@@ -529,26 +596,32 @@ pub fn verify(mut visit: impl FnMut(*mut Span) -> Result<(), crate::debug::Verif
             return Err(E::new("page map entry does not start a span", addr));
         }
         let st = sp.state.load(Relaxed);
-        match st {
-            span::FREE => {
-                if prev_free {
-                    return Err(E::new("two adjacent free spans did not coalesce", addr));
-                }
-                prev_free = true;
+        if st == span::FREE {
+            if v & FREE_TAG == 0 || load(sp.end() - PAGE_SIZE) != v {
+                return Err(E::new("free span's ends are not tagged in the page map", addr));
             }
-            span::SMALL | span::LARGE => {
-                prev_free = false;
-                inuse += sp.npages;
-                for i in 0..sp.npages {
-                    if entry(addr + i * PAGE_SIZE).map(|e| e.load(Relaxed)) != Some(s) {
-                        return Err(E::new("page map entry does not point to its span", addr + i * PAGE_SIZE));
-                    }
-                }
-                if span_of(addr) != s || span_of(sp.end() - 1) != s {
-                    return Err(E::new("span_of does not find its span", addr));
+            for i in 1..sp.npages.saturating_sub(1) {
+                if load(addr + i * PAGE_SIZE) != 0 {
+                    return Err(E::new("stale page-map entry inside a free span", addr + i * PAGE_SIZE));
                 }
             }
-            _ => return Err(E::new("page map points at a dead span record", addr)),
+            if prev_free {
+                return Err(E::new("two adjacent free spans did not coalesce", addr));
+            }
+            prev_free = true;
+        } else if span::is_slotted(st) || st == span::LARGE {
+            prev_free = false;
+            inuse += sp.npages;
+            for i in 0..sp.npages {
+                if load(addr + i * PAGE_SIZE) != s as usize {
+                    return Err(E::new("page map entry does not point to its span", addr + i * PAGE_SIZE));
+                }
+            }
+            if span_of(addr) != s || span_of(sp.end() - 1) != s {
+                return Err(E::new("span_of does not find its span", addr));
+            }
+        } else {
+            return Err(E::new("page map points at a dead span record", addr));
         }
         addr = sp.end();
     }
@@ -561,19 +634,22 @@ pub fn verify(mut visit: impl FnMut(*mut Span) -> Result<(), crate::debug::Verif
     drop(h);
     let mut addr = base;
     while addr < end {
-        let s = entry(addr).map(|e| e.load(Relaxed)).unwrap_or(ptr::null_mut());
+        let s = span_of(addr);
         if s.is_null() {
-            break;
+            // A free span: skip to its end.
+            let f = free_span_at(addr);
+            if f.is_null() {
+                break;
+            }
+            // SAFETY: f is a free span record.
+            addr = unsafe { (*f).end() };
+            continue;
         }
         // SAFETY: as above; the heap may change concurrently only if other
         // threads allocate, which verify's callers avoid.
         let sp = unsafe { &*s };
-        let next = sp.end().max(addr + PAGE_SIZE);
-        let st = sp.state.load(Relaxed);
-        if (st == span::SMALL || st == span::LARGE) && sp.base == addr {
-            visit(s)?;
-        }
-        addr = next;
+        addr = sp.end().max(addr + PAGE_SIZE);
+        visit(s)?;
     }
     Ok(())
 }

@@ -277,26 +277,29 @@ pub fn owner_of(p: usize, what: Op) -> Owner {
     if s.is_null() {
         bad_pointer(p, what, "a pointer magpie never returned");
     }
-    // SAFETY: span_of returns live, in-use span records.
+    // SAFETY: the page map is exact: span_of returns live, in-use span records.
     let sp: &'static span::Span = unsafe { &*s };
-    if sp.state.load(Relaxed) == span::LARGE {
-        if p != sp.base {
-            bad_pointer(p, what, "an interior pointer");
-        }
-        return Owner::Large(sp);
-    }
     let i = sp.slot_of(p);
-    if i >= sp.nelems as usize {
-        // The span's tail, past its last slot.
-        bad_pointer(p, what, "a pointer magpie never returned");
+    match sp.state.load(Relaxed) {
+        span::SMALL => {
+            if sp.slot_addr(i) != p || i >= sp.nelems as usize {
+                bad_pointer(p, what, "an interior pointer");
+            }
+            Owner::Small(sp, i)
+        }
+        span::TINY => {
+            if i >= sp.nelems as usize {
+                bad_pointer(p, what, "a pointer magpie never returned");
+            }
+            Owner::Tiny(sp, i)
+        }
+        _ => {
+            if p != sp.base {
+                bad_pointer(p, what, "an interior pointer");
+            }
+            Owner::Large(sp)
+        }
     }
-    if sp.tiny {
-        return Owner::Tiny(sp, i);
-    }
-    if sp.slot_addr(i) != p {
-        bad_pointer(p, what, "an interior pointer");
-    }
-    Owner::Small(sp, i)
 }
 
 #[derive(Clone, Copy)]
@@ -423,6 +426,16 @@ pub fn realloc_with(
             let cap = s.npages * PAGE_SIZE;
             if new_size > MAX_SMALL && new_size <= cap && new_size.div_ceil(PAGE_SIZE) * 2 > s.npages {
                 return p;
+            }
+            if new_size > cap {
+                // Grow into the free pages after the object, if there are enough.
+                let _g = guard::enter();
+                let want = new_size.div_ceil(PAGE_SIZE);
+                // SAFETY: s is the caller's live large object.
+                if unsafe { heap::grow_in_place(s as *const span::Span as *mut span::Span, want) } {
+                    LARGE_ALLOC_BYTES.fetch_add(((want * PAGE_SIZE) - cap) as u64, Relaxed);
+                    return p;
+                }
             }
             cap
         }

@@ -21,54 +21,68 @@ use super::sizeclass::{self, PAGE_SIZE};
 
 /// Span states.
 pub const FREE: u8 = 0;
+/// Slots of one size class.
 pub const SMALL: u8 = 1;
+/// One large object.
 pub const LARGE: u8 = 2;
 /// A record not describing any pages (merged away or never used).
 pub const DEAD: u8 = 3;
+/// Slots of the tiny class: 16-byte blocks carved into tiny objects.
+pub const TINY: u8 = 4;
+
+/// True for the states of spans carved into slots.
+#[inline(always)]
+pub fn is_slotted(state: u8) -> bool {
+    state == SMALL || state == TINY
+}
 
 /// Values of a slot's `alloc` byte.
 pub const SLOT_FREE: u8 = 0;
 pub const SLOT_ALLOCATED: u8 = 1;
 
+/// A span record. The fields `free` reads come first, so the fast path touches
+/// one cache line of it.
 #[repr(C)]
 pub struct Span {
     pub base: usize,
-    pub npages: usize,
-    /// Links for the list the span is on (page heap free list or central partial list).
-    pub next: *mut Span,
-    pub prev: *mut Span,
+    /// Small spans: the slot-state bytes; large spans: `&large_alloc`.
+    pub alloc: *const AtomicU8,
+    pub div_magic: u64,
+    pub elemsize: u32,
+    pub nelems: u32,
     pub state: AtomicU8,
     /// Span class: `class << 1 | noscan`, or the tiny span class.
     pub spanclass: u8,
     pub class: u8,
     pub noscan: bool,
     pub tiny: bool,
-    /// Free spans: the memory reads as zero (fresh from the OS or scavenged).
-    pub zeroed: bool,
-    /// Free spans: the pages were returned to the OS.
-    pub scavenged: bool,
+    /// The slot-state byte of a large span's single object.
+    pub large_alloc: AtomicU8,
+    pub npages: usize,
+    /// Free spans: an upper bound of the pages that may be resident and dirty
+    /// (not fresh from the OS, not returned to it). 0 means the span reads as zeros.
+    pub dirty_pages: usize,
+    /// Links for the list the span is on (page heap free list or central partial list).
+    pub next: *mut Span,
+    pub prev: *mut Span,
     /// Small spans: on the central partial list.
     pub in_partial: bool,
-    pub elemsize: u32,
-    pub nelems: u32,
     /// Small spans: slots with their free bit set (central lock).
     pub nfree: u32,
     /// Small spans: word index where the search for free bits resumes.
     pub cursor: u32,
-    pub div_magic: u64,
     /// The collector's sweep generation (Go's sweepgen); set on creation.
     pub sweepgen: AtomicU32,
     /// Free spans: when they became free (ms), for the scavenger's delay.
     pub free_since_ms: u64,
     pub free_bits: *mut u64,
-    pub alloc: *const AtomicU8,
     pub tiny_live: *const AtomicU8,
-    /// The slot-state byte of a large span's single object.
-    pub large_alloc: AtomicU8,
     /// The metadata block holding the bitmaps of a small span, and its size.
     bits_block: *mut u8,
     bits_size: usize,
 }
+
+static_assertions::const_assert!(core::mem::offset_of!(Span, large_alloc) < 64);
 
 impl Span {
     /// A new record for `npages` pages at `base`, in state FREE.
@@ -138,7 +152,7 @@ impl Span {
         self.cursor = 0;
         self.in_partial = false;
         self.div_magic = sizeclass::div_magic(size);
-        self.state.store(SMALL, Relaxed);
+        self.state.store(if tiny { TINY } else { SMALL }, Relaxed);
         true
     }
 

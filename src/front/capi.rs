@@ -182,3 +182,29 @@ pub unsafe extern "C" fn magpie_malloc_usable_size(p: *mut c_void) -> usize {
 pub extern "C" fn magpie_malloc_trim(_pad: usize) -> i32 {
     (engine::trim() > 0) as i32
 }
+
+/// Fills glibc's `struct mallinfo2` (ten `size_t` fields, in order: arena,
+/// ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks,
+/// keepcost) from magpie's statistics, for `mallinfo`/`mallinfo2`.
+///
+/// # Safety
+/// `mi` must point to a writable `struct mallinfo2`.
+#[no_mangle]
+pub unsafe extern "C" fn magpie_fill_mallinfo2(mi: *mut [usize; 10]) {
+    let s = crate::stats::stats();
+    let small_live = s.live_bytes.saturating_sub(s.large_live_bytes) as usize;
+    let v = [
+        s.heap_committed as usize,                 // arena: bytes obtained from the OS
+        0,                                         // ordblks: free chunks (not tracked)
+        0,                                         // smblks
+        0,                                         // hblks
+        s.large_live_bytes as usize,               // hblkhd: bytes in large objects
+        0,                                         // usmblks
+        0,                                         // fsmblks
+        small_live + s.large_live_bytes as usize,  // uordblks: bytes in use
+        s.heap_free as usize,                      // fordblks: free bytes
+        s.heap_free_resident as usize,             // keepcost: releasable bytes
+    ];
+    // SAFETY: the caller guarantees mi is writable.
+    unsafe { *mi = v };
+}
