@@ -33,12 +33,18 @@ fn main() {
         println!("cargo:rustc-link-lib=static:+whole-archive,-bundle=magpie_shim");
     } else {
         println!("cargo:rustc-cdylib-link-arg=-Wl,--whole-archive");
-        println!("cargo:rustc-cdylib-link-arg={}/libmagpie_shim.a", out.display());
+        println!(
+            "cargo:rustc-cdylib-link-arg={}/libmagpie_shim.a",
+            out.display()
+        );
         println!("cargo:rustc-cdylib-link-arg=-Wl,--no-whole-archive");
     }
     // rustc's version script hides every symbol Rust did not export; this one
     // (merged by the linker) keeps the shim's malloc family exported.
-    println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}/shim/exports.map", dir.display());
+    println!(
+        "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}/shim/exports.map",
+        dir.display()
+    );
     // Calls inside the library (shim -> engine) bind locally, not through the PLT.
     println!("cargo:rustc-cdylib-link-arg=-Wl,-Bsymbolic-functions");
 }

@@ -30,7 +30,12 @@ use magpie::Magpie;
 unsafe fn a_alloc<A: GlobalAlloc>(a: &A, l: Layout) -> *mut u8 {
     let p = unsafe { a.alloc(l) };
     if p.is_null() || (p as usize) & (l.align() - 1) != 0 {
-        bad(&format!("alloc({} B, align {}) returned {:p}", l.size(), l.align(), p));
+        bad(&format!(
+            "alloc({} B, align {}) returned {:p}",
+            l.size(),
+            l.align(),
+            p
+        ));
     }
     p
 }
@@ -44,7 +49,14 @@ unsafe fn a_dealloc<A: GlobalAlloc>(a: &A, p: *mut u8, l: Layout) {
 unsafe fn a_realloc<A: GlobalAlloc>(a: &A, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
     let q = unsafe { a.realloc(p, l, new) };
     if q.is_null() || (q as usize) & (l.align() - 1) != 0 {
-        bad(&format!("realloc({:p}, {} -> {} B, align {}) returned {:p}", p, l.size(), new, l.align(), q));
+        bad(&format!(
+            "realloc({:p}, {} -> {} B, align {}) returned {:p}",
+            p,
+            l.size(),
+            new,
+            l.align(),
+            q
+        ));
     }
     q
 }
@@ -83,7 +95,9 @@ unsafe fn check_tag(p: *mut u8, size: usize, what: &str) {
         }
     };
     if !ok {
-        bad(&format!("{what}: object {p:p} ({size} B) lost its contents before free"));
+        bad(&format!(
+            "{what}: object {p:p} ({size} B) lost its contents before free"
+        ));
     }
 }
 
@@ -110,7 +124,12 @@ const BATCH_A: usize = 100;
 
 /// (a) `rounds` x { allocate 100 objects (sizes cycling), free them in order }.
 /// One op = one alloc + free pair.
-fn bench_pairs<A: GlobalAlloc>(a: &A, rounds: usize, sizes: &[usize], align: usize) -> (Duration, u64) {
+fn bench_pairs<A: GlobalAlloc>(
+    a: &A,
+    rounds: usize,
+    sizes: &[usize],
+    align: usize,
+) -> (Duration, u64) {
     let mut ptrs = [std::ptr::null_mut::<u8>(); BATCH_A];
     let layouts: Vec<Layout> = (0..BATCH_A)
         .map(|i| Layout::from_size_align(sizes[i % sizes.len()], align).unwrap())
@@ -175,7 +194,11 @@ fn bench_random<A: GlobalAlloc>(a: &A, steps: usize) -> (Duration, u64) {
     for i in 0..LIVE_B {
         unsafe {
             check_tag(ptrs[i], sizes[i] as usize, "random");
-            a_dealloc(a, ptrs[i], Layout::from_size_align_unchecked(sizes[i] as usize, 8));
+            a_dealloc(
+                a,
+                ptrs[i],
+                Layout::from_size_align_unchecked(sizes[i] as usize, 8),
+            );
         }
     }
     (el, steps as u64)
@@ -222,7 +245,8 @@ fn bench_prodcons<A: GlobalAlloc + Sync>(a: &A, batches: usize) -> (Duration, u6
         slots: std::array::from_fn(|_| UnsafeCell::new([0; BATCH_C])),
     };
     let ready = AtomicBool::new(false);
-    let layout = |k: usize| unsafe { Layout::from_size_align_unchecked(SIZES_C[k % SIZES_C.len()], 8) };
+    let layout =
+        |k: usize| unsafe { Layout::from_size_align_unchecked(SIZES_C[k % SIZES_C.len()], 8) };
     let ring = &ring; // capture the whole ring (Sync), not its fields
     let mut el = Duration::ZERO;
     std::thread::scope(|sc| {
@@ -295,7 +319,10 @@ fn bench_realloc<A: GlobalAlloc>(a: &A, chains: usize) -> (Duration, u64) {
                 p = a_realloc(a, p, l, new);
                 n += 1;
                 if (p as *const u64).read() != TAG || *p.add(size - 1) != 0xA5 {
-                    bad(&format!("realloc {} -> {} B to {:p} lost the contents", size, new, p));
+                    bad(&format!(
+                        "realloc {} -> {} B to {:p} lost the contents",
+                        size, new, p
+                    ));
                 }
                 let mut off = size.next_multiple_of(4096);
                 while off < new {
@@ -340,21 +367,68 @@ macro_rules! both {
 }
 
 fn benches() -> Vec<Bench> {
-    let mk = |id, name, target, work, (run_m, run_s): (RunFn, RunFn)| Bench { id, name, target, work, run_m, run_s };
+    let mk = |id, name, target, work, (run_m, run_s): (RunFn, RunFn)| Bench {
+        id,
+        name,
+        target,
+        work,
+        run_m,
+        run_s,
+    };
     vec![
-        mk("a", "(a) malloc/free pairs, 16-64 B, align 8, batches of 100", Some(0.5), 150_000, both!(bench_pairs, &SIZES_C, 8)),
-        mk("a1", "(a') same, align 1 (magpie: noscan spans)", None, 150_000, both!(bench_pairs, &SIZES_C, 1)),
-        mk("a1t", "(a') pairs, 4-12 B, align 1 (magpie: tiny blocks)", None, 150_000, both!(bench_pairs, &SIZES_TINY, 1)),
-        mk("b", "(b) random 8-1024 B, 10k live, replace one per op", Some(0.5), 6_000_000, both!(bench_random)),
-        mk("c", "(c) producer/consumer threads, 16-64 B, per object", Some(0.7), 150_000, both!(bench_prodcons)),
-        mk("d", "(d) realloc doubling 16 B -> 1 MiB, per realloc", None, 3_000, both!(bench_realloc)),
+        mk(
+            "a",
+            "(a) malloc/free pairs, 16-64 B, align 8, batches of 100",
+            Some(0.5),
+            150_000,
+            both!(bench_pairs, &SIZES_C, 8),
+        ),
+        mk(
+            "a1",
+            "(a') same, align 1 (magpie: noscan spans)",
+            None,
+            150_000,
+            both!(bench_pairs, &SIZES_C, 1),
+        ),
+        mk(
+            "a1t",
+            "(a') pairs, 4-12 B, align 1 (magpie: tiny blocks)",
+            None,
+            150_000,
+            both!(bench_pairs, &SIZES_TINY, 1),
+        ),
+        mk(
+            "b",
+            "(b) random 8-1024 B, 10k live, replace one per op",
+            Some(0.5),
+            6_000_000,
+            both!(bench_random),
+        ),
+        mk(
+            "c",
+            "(c) producer/consumer threads, 16-64 B, per object",
+            Some(0.7),
+            150_000,
+            both!(bench_prodcons),
+        ),
+        mk(
+            "d",
+            "(d) realloc doubling 16 B -> 1 MiB, per realloc",
+            None,
+            3_000,
+            both!(bench_realloc),
+        ),
     ]
 }
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn main() {
@@ -363,7 +437,11 @@ fn main() {
     // (`cargo test --benches`), where a smoke run is enough.
     let quick = args.iter().any(|a| a == "--quick") || !args.iter().any(|a| a == "--bench");
     let verbose = args.iter().any(|a| a == "--verbose" || a == "-v");
-    let filters: Vec<&str> = args.iter().filter(|a| !a.starts_with('-')).map(|s| s.as_str()).collect();
+    let filters: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with('-'))
+        .map(|s| s.as_str())
+        .collect();
     let runs: usize = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -401,7 +479,10 @@ fn main() {
             m.push(tm.as_nanos() as f64 / om as f64);
             s.push(ts.as_nanos() as f64 / os as f64);
             if verbose {
-                eprintln!("{:>4} run {}: magpie {:8.2}  system {:8.2} ns/op  (n={})", b.id, r, m[r], s[r], n);
+                eprintln!(
+                    "{:>4} run {}: magpie {:8.2}  system {:8.2} ns/op  (n={})",
+                    b.id, r, m[r], s[r], n
+                );
             }
         }
         let (rm, rs) = (m.clone(), s.clone());
@@ -412,7 +493,12 @@ fn main() {
             100.0 * (hi - lo) / med
         };
         if verbose {
-            eprintln!("{:>4} spread (max-min)/median: magpie {:.0}%  system {:.0}%", b.id, spread(&rm, mm), spread(&rs, ms));
+            eprintln!(
+                "{:>4} spread (max-min)/median: magpie {:.0}%  system {:.0}%",
+                b.id,
+                spread(&rm, mm),
+                spread(&rs, ms)
+            );
         }
         rows.push((b, mm, ms));
     }
@@ -425,6 +511,9 @@ fn main() {
             Some(t) => format!("≤{t} {}", if ratio <= t { "met" } else { "missed" }),
             None => "-".to_string(),
         };
-        println!("| {} | {:.2} | {:.2} | {:.3} | {} |", b.name, mm, ms, ratio, target);
+        println!(
+            "| {} | {:.2} | {:.2} | {:.3} | {} |",
+            b.name, mm, ms, ratio, target
+        );
     }
 }

@@ -18,11 +18,18 @@ fn run<A: GlobalAlloc>(a: &A, iters: usize) -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(200_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
     let which = std::env::args().nth(2).unwrap_or_default();
     for _ in 0..3 {
-        if which != "s" { print!("magpie {:.2} ns  ", run(&magpie::Magpie, n)); }
-        if which != "m" { print!("system {:.2} ns", run(&System, n)); }
+        if which != "s" {
+            print!("magpie {:.2} ns  ", run(&magpie::Magpie, n));
+        }
+        if which != "m" {
+            print!("system {:.2} ns", run(&System, n));
+        }
         println!();
     }
 }

@@ -23,6 +23,12 @@ pub fn load() {
     SCAN_ALL.store(env::get_bool("MAGPIE_SCAN_ALL", false), Relaxed);
     USE_RSEQ.store(env::get_bool("MAGPIE_RSEQ", true), Relaxed);
     DECAY_MS.store(env::get_u64("MAGPIE_DECAY_MS", 1000, 0, 3_600_000), Relaxed);
-    RETAIN.store(env::get_u64("MAGPIE_RETAIN", 64 << 20, 0, 1 << 40) as usize, Relaxed);
-    RESERVE.store(env::get_u64("MAGPIE_RESERVE", 1 << 40, 1 << 30, 1 << 46) as usize, Relaxed);
+    RETAIN.store(
+        env::get_u64("MAGPIE_RETAIN", 64 << 20, 0, 1 << 40) as usize,
+        Relaxed,
+    );
+    RESERVE.store(
+        env::get_u64("MAGPIE_RESERVE", 1 << 40, 1 << 30, 1 << 46) as usize,
+        Relaxed,
+    );
 }

@@ -24,7 +24,11 @@ impl VerifyError {
 
 impl fmt::Display for VerifyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "heap verification failed: {} at {:#x}", self.what, self.addr)
+        write!(
+            f,
+            "heap verification failed: {} at {:#x}",
+            self.what, self.addr
+        )
     }
 }
 
@@ -58,7 +62,12 @@ pub fn verify_heap() -> Result<HeapReport, VerifyError> {
                         r.live_objects += 1;
                         r.live_bytes += sp.npages * crate::alloc::sizeclass::PAGE_SIZE;
                     }
-                    _ => return Err(VerifyError::new("large span in use holds no object", sp.base)),
+                    _ => {
+                        return Err(VerifyError::new(
+                            "large span in use holds no object",
+                            sp.base,
+                        ))
+                    }
                 }
             }
             _ => {
@@ -80,7 +89,10 @@ pub fn verify_heap() -> Result<HeapReport, VerifyError> {
     let words = n + central::NUM_SPANCLASSES * 16 * central::MAX_BATCH;
     let scratch = meta::alloc(words * 8) as *mut usize;
     if scratch.is_null() {
-        return Err(VerifyError::new("no memory for the verifier's scratch array", 0));
+        return Err(VerifyError::new(
+            "no memory for the verifier's scratch array",
+            0,
+        ));
     }
     // SAFETY: scratch holds `words` usizes, ours until freed below.
     let seen = unsafe { core::slice::from_raw_parts_mut(scratch, words) };
@@ -93,14 +105,23 @@ pub fn verify_heap() -> Result<HeapReport, VerifyError> {
         // SAFETY: span_of returns live records.
         let sp = unsafe { &*s };
         if !span::is_slotted(sp.state.load(Relaxed)) || sp.spanclass as usize != sc {
-            return Err(VerifyError::new("cached slot in a span of another class", e.ptr));
+            return Err(VerifyError::new(
+                "cached slot in a span of another class",
+                e.ptr,
+            ));
         }
         let i = sp.slot_of(e.ptr);
         if sp.slot_addr(i) != e.ptr || e.state != sp.slot_state(i) as *const _ as usize {
-            return Err(VerifyError::new("cached entry does not describe a slot", e.ptr));
+            return Err(VerifyError::new(
+                "cached entry does not describe a slot",
+                e.ptr,
+            ));
         }
         if sp.is_slot_free_in_span(i) {
-            return Err(VerifyError::new("cached slot is also free in its span", e.ptr));
+            return Err(VerifyError::new(
+                "cached slot is also free in its span",
+                e.ptr,
+            ));
         }
         if sp.slot_state(i).load(Relaxed) != span::SLOT_FREE {
             return Err(VerifyError::new("cached slot is marked allocated", e.ptr));
@@ -150,7 +171,10 @@ fn check_small(sp: &span::Span, r: &mut HeapReport) -> Result<(), VerifyError> {
         if in_span {
             free += 1;
             if st != span::SLOT_FREE {
-                return Err(VerifyError::new("slot free in its span is marked allocated", sp.slot_addr(i)));
+                return Err(VerifyError::new(
+                    "slot free in its span is marked allocated",
+                    sp.slot_addr(i),
+                ));
             }
         }
         match st {
@@ -159,13 +183,25 @@ fn check_small(sp: &span::Span, r: &mut HeapReport) -> Result<(), VerifyError> {
                 r.live_objects += 1;
                 r.live_bytes += sp.elemsize as usize;
                 if sp.tiny {
-                    let c = sp.tiny_count(i).load(Relaxed);
-                    if c > 128 || (c > 16 && c < 128 - 16) {
-                        return Err(VerifyError::new("tiny block count out of range", sp.slot_addr(i)));
+                    // A published block: freed offsets are carved ones, and
+                    // some object is still live (else the block was freed).
+                    // An unpublished one (carved == 0) is a CPU's current block.
+                    let v = sp.tiny_state(i).load(Relaxed);
+                    let (carved, freed) = (v & 0xffff, v >> 16);
+                    if carved != 0 && (freed & !carved != 0 || carved & !freed == 0) {
+                        return Err(VerifyError::new(
+                            "tiny block state is inconsistent",
+                            sp.slot_addr(i),
+                        ));
                     }
                 }
             }
-            _ => return Err(VerifyError::new("slot state byte holds an unknown value", sp.slot_addr(i))),
+            _ => {
+                return Err(VerifyError::new(
+                    "slot state byte holds an unknown value",
+                    sp.slot_addr(i),
+                ))
+            }
         }
     }
     // Bits beyond the last slot must be clear.
@@ -174,11 +210,17 @@ fn check_small(sp: &span::Span, r: &mut HeapReport) -> Result<(), VerifyError> {
         // SAFETY: the last word is inside the bitmap.
         let last = unsafe { *sp.free_bits.add(words - 1) };
         if last >> (n % 64) != 0 {
-            return Err(VerifyError::new("free bits set beyond the last slot", sp.base));
+            return Err(VerifyError::new(
+                "free bits set beyond the last slot",
+                sp.base,
+            ));
         }
     }
     if free != sp.nfree as usize {
-        return Err(VerifyError::new("span free count disagrees with its bitmap", sp.base));
+        return Err(VerifyError::new(
+            "span free count disagrees with its bitmap",
+            sp.base,
+        ));
     }
     Ok(())
 }

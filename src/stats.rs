@@ -100,7 +100,11 @@ pub fn stats() -> Stats {
     frees += engine::LARGE_FREES.load(Relaxed);
     allocated_bytes += la;
     freed_bytes += lf;
-    let h = if ready { heap::stats() } else { heap::HeapStats::default() };
+    let h = if ready {
+        heap::stats()
+    } else {
+        heap::HeapStats::default()
+    };
     let caches_bytes = (cache::ncaches() * core::mem::size_of::<cache::CpuCache>()) as u64;
     // The page map is reserved for the whole range but touched only for the
     // committed part: one 8-byte entry per 8 KiB page.
@@ -186,11 +190,22 @@ pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
         Bytes(s.freed_bytes),
         Bytes(s.live_bytes)
     )?;
-    writeln!(out, "  caches      per-CPU, {}, {} CPUs", s.cache_mode, s.cpus)?;
-    writeln!(out, "  size classes with allocations (size: allocations / live objects / spans):")?;
+    writeln!(
+        out,
+        "  caches      per-CPU, {}, {} CPUs",
+        s.cache_mode, s.cpus
+    )?;
+    writeln!(
+        out,
+        "  size classes with allocations (size: allocations / live objects / spans):"
+    )?;
     let mut col = 0;
     for c in s.classes.iter().skip(1).filter(|c| c.allocs > 0) {
-        write!(out, "    {:>6} B: {:>9} / {:>8} / {:>5}", c.size, c.allocs, c.live, c.spans)?;
+        write!(
+            out,
+            "    {:>6} B: {:>9} / {:>8} / {:>5}",
+            c.size, c.allocs, c.live, c.spans
+        )?;
         col += 1;
         if col % 2 == 0 {
             writeln!(out)?;

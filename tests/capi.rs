@@ -49,7 +49,11 @@ fn malloc_zero_and_free_null() {
     let mut sorted = ps.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(sorted.len(), ps.len(), "malloc(0) returned the same pointer twice while live");
+    assert_eq!(
+        sorted.len(),
+        ps.len(),
+        "malloc(0) returned the same pointer twice while live"
+    );
     for p in ps {
         unsafe { magpie_free(p as *mut c_void) };
     }
@@ -65,7 +69,11 @@ fn malloc_alignment_and_usable_size() {
             let p = magpie_malloc(size);
             assert!(!p.is_null(), "malloc({size}) returned NULL");
             let want = if size >= 16 { 16 } else { 8 };
-            assert_eq!(p as usize % want, 0, "malloc({size}) = {p:p} is not {want}-byte aligned");
+            assert_eq!(
+                p as usize % want,
+                0,
+                "malloc({size}) = {p:p} is not {want}-byte aligned"
+            );
             let u = unsafe { magpie_malloc_usable_size(p) };
             assert!(u >= size, "malloc_usable_size(malloc({size})) = {u}");
             // The whole usable size is ours to write.
@@ -73,7 +81,11 @@ fn malloc_alignment_and_usable_size() {
             ps.push((p, u));
         }
         for (p, u) in ps {
-            assert_eq!(unsafe { all(p, u, 0x3C) }, None, "malloc({size}) blocks overlap");
+            assert_eq!(
+                unsafe { all(p, u, 0x3C) },
+                None,
+                "malloc({size}) blocks overlap"
+            );
             unsafe { magpie_free(p) };
         }
     }
@@ -82,7 +94,12 @@ fn malloc_alignment_and_usable_size() {
 #[test]
 fn calloc_zeroes_and_overflow() {
     // Overflow.
-    for (n, s) in [(usize::MAX, 2), (2, usize::MAX), (1 << 33, 1 << 33), (usize::MAX / 3, 4)] {
+    for (n, s) in [
+        (usize::MAX, 2),
+        (2, usize::MAX),
+        (1 << 33, 1 << 33),
+        (usize::MAX / 3, 4),
+    ] {
         set_errno(0);
         let p = magpie_calloc(n, s);
         assert!(p.is_null(), "calloc({n}, {s}) should fail");
@@ -95,7 +112,21 @@ fn calloc_zeroes_and_overflow() {
         unsafe { magpie_free(p) };
     }
     // Zeroed, including on memory just dirtied and freed.
-    for size in [1usize, 8, 16, 24, 100, 1000, 4096, 8000, 32 << 10, (32 << 10) + 1, 100_000, MIB, 5 * MIB + 3] {
+    for size in [
+        1usize,
+        8,
+        16,
+        24,
+        100,
+        1000,
+        4096,
+        8000,
+        32 << 10,
+        (32 << 10) + 1,
+        100_000,
+        MIB,
+        5 * MIB + 3,
+    ] {
         let n = ((16 * MIB) / size).clamp(2, 500);
         let dirty: Vec<_> = (0..n)
             .map(|_| {
@@ -142,12 +173,32 @@ fn calloc_zeroes_and_overflow() {
 
 #[test]
 fn posix_memalign_bad_alignment() {
-    for align in [0usize, 1, 2, 3, 4, 12, 24, 48, 100, 4097, usize::MAX, (1 << 63) + 8] {
+    for align in [
+        0usize,
+        1,
+        2,
+        3,
+        4,
+        12,
+        24,
+        48,
+        100,
+        4097,
+        usize::MAX,
+        (1 << 63) + 8,
+    ] {
         let mut out = SENTINEL;
         set_errno(0);
         let r = unsafe { magpie_posix_memalign(&mut out, align, 64) };
-        assert_eq!(r, libc::EINVAL, "posix_memalign(align {align}) returned {r}");
-        assert_eq!(out, SENTINEL, "posix_memalign(align {align}) wrote the output pointer");
+        assert_eq!(
+            r,
+            libc::EINVAL,
+            "posix_memalign(align {align}) returned {r}"
+        );
+        assert_eq!(
+            out, SENTINEL,
+            "posix_memalign(align {align}) wrote the output pointer"
+        );
     }
 }
 
@@ -155,7 +206,24 @@ fn posix_memalign_bad_alignment() {
 fn posix_memalign_good_alignments() {
     let mut align = 8;
     while align <= MIB {
-        for size in [0usize, 1, 7, 8, 9, 15, 16, 17, 24, 100, 1000, 4096, 10_000, 32 << 10, 100_000, 2 * MIB + 1] {
+        for size in [
+            0usize,
+            1,
+            7,
+            8,
+            9,
+            15,
+            16,
+            17,
+            24,
+            100,
+            1000,
+            4096,
+            10_000,
+            32 << 10,
+            100_000,
+            2 * MIB + 1,
+        ] {
             if (align == 16 && size <= 8) || (align > 8192 && size == 0) {
                 continue; // see small_sizes_with_16_byte_alignment, zero_size_with_page_plus_alignment
             }
@@ -165,7 +233,11 @@ fn posix_memalign_good_alignments() {
                 let r = unsafe { magpie_posix_memalign(&mut out, align, size) };
                 assert_eq!(r, 0, "posix_memalign({align}, {size}) returned {r}");
                 assert!(!out.is_null() && out != SENTINEL);
-                assert_eq!(out as usize % align, 0, "posix_memalign({align}, {size}) = {out:p} misaligned");
+                assert_eq!(
+                    out as usize % align,
+                    0,
+                    "posix_memalign({align}, {size}) = {out:p} misaligned"
+                );
                 let u = unsafe { magpie_malloc_usable_size(out) };
                 assert!(u >= size, "usable size {u} < {size}");
                 unsafe { fill(out, size, 0x11) };
@@ -182,7 +254,13 @@ fn posix_memalign_good_alignments() {
 
 #[test]
 fn posix_memalign_huge() {
-    for (align, size) in [(16, usize::MAX), (64, usize::MAX / 2), (1 << 62, 1), (1 << 63, 1), (4096, 1 << 62)] {
+    for (align, size) in [
+        (16, usize::MAX),
+        (64, usize::MAX / 2),
+        (1 << 62, 1),
+        (1 << 63, 1),
+        (4096, 1 << 62),
+    ] {
         let mut out = SENTINEL;
         let r = unsafe { magpie_posix_memalign(&mut out, align, size) };
         assert_eq!(r, libc::ENOMEM, "posix_memalign({align:#x}, {size:#x})");
@@ -200,7 +278,11 @@ fn aligned_alloc_and_memalign() {
             }
             let p = magpie_aligned_alloc(align, size);
             assert!(!p.is_null(), "aligned_alloc({align}, {size})");
-            assert_eq!(p as usize % align, 0, "aligned_alloc({align}, {size}) = {p:p}");
+            assert_eq!(
+                p as usize % align,
+                0,
+                "aligned_alloc({align}, {size}) = {p:p}"
+            );
             assert!(unsafe { magpie_malloc_usable_size(p) } >= size);
             unsafe { fill(p, size, 1) };
             let q = magpie_memalign(align, size);
@@ -224,11 +306,26 @@ fn aligned_alloc_and_memalign() {
         assert_eq!(errno(), libc::EINVAL, "aligned_alloc({align}, 64) errno");
     }
     // memalign rounds a non-power-of-two alignment up (glibc).
-    for (align, want) in [(0usize, 1usize), (3, 4), (5, 8), (24, 32), (48, 64), (100, 128), (1000, 1024), (5000, 8192), (40_000, 65536), (300_000, 1 << 19)] {
+    for (align, want) in [
+        (0usize, 1usize),
+        (3, 4),
+        (5, 8),
+        (24, 32),
+        (48, 64),
+        (100, 128),
+        (1000, 1024),
+        (5000, 8192),
+        (40_000, 65536),
+        (300_000, 1 << 19),
+    ] {
         for size in [1usize, 64, 10_000] {
             let p = magpie_memalign(align, size);
             assert!(!p.is_null(), "memalign({align}, {size})");
-            assert_eq!(p as usize % want, 0, "memalign({align}, {size}) = {p:p}, want {want}-aligned");
+            assert_eq!(
+                p as usize % want,
+                0,
+                "memalign({align}, {size}) = {p:p}, want {want}-aligned"
+            );
             unsafe { magpie_free(p) };
         }
     }
@@ -236,7 +333,11 @@ fn aligned_alloc_and_memalign() {
     set_errno(0);
     let p = magpie_memalign(usize::MAX, 1);
     assert!(p.is_null());
-    assert!(errno() == libc::EINVAL || errno() == libc::ENOMEM, "errno {}", errno());
+    assert!(
+        errno() == libc::EINVAL || errno() == libc::ENOMEM,
+        "errno {}",
+        errno()
+    );
 }
 
 #[test]
@@ -244,24 +345,43 @@ fn small_sizes_with_16_byte_alignment() {
     // posix_memalign/aligned_alloc/memalign with align 16 and sizes below 16
     // must still be 16-byte aligned (allocate many: a slot of an 8-byte class
     // is 16-aligned only every other time).
-    for size in [0usize, 1, 4, 8] {
+    let mut bad = Vec::new();
+    for size in [0usize, 1, 4, 8, 9, 15] {
         let mut ps = Vec::new();
+        let mut miss = [0; 3];
         for _ in 0..64 {
             let mut out = SENTINEL;
             assert_eq!(unsafe { magpie_posix_memalign(&mut out, 16, size) }, 0);
-            assert_eq!(out as usize % 16, 0, "posix_memalign(16, {size}) = {out:p}");
+            miss[0] += (out as usize % 16 != 0) as usize;
             ps.push(out);
-            let p = magpie_aligned_alloc(16, size.max(1));
-            assert_eq!(p as usize % 16, 0, "aligned_alloc(16, {}) = {p:p}", size.max(1));
+            let p = magpie_aligned_alloc(16, size);
+            assert!(!p.is_null());
+            miss[1] += (p as usize % 16 != 0) as usize;
             ps.push(p);
             let p = magpie_memalign(16, size);
-            assert_eq!(p as usize % 16, 0, "memalign(16, {size}) = {p:p}");
+            assert!(!p.is_null());
+            miss[2] += (p as usize % 16 != 0) as usize;
             ps.push(p);
+        }
+        for (f, m) in ["posix_memalign", "aligned_alloc", "memalign"]
+            .iter()
+            .zip(miss)
+        {
+            if m > 0 {
+                bad.push(format!(
+                    "{f}(16, {size}): {m}/64 pointers only 8-byte aligned"
+                ));
+            }
         }
         for p in ps {
             unsafe { magpie_free(p) };
         }
     }
+    assert!(
+        bad.is_empty(),
+        "alignment 16 not honoured:\n  {}",
+        bad.join("\n  ")
+    );
 }
 
 /// Size 0 with an alignment above magpie's 8 KiB page: a freeable pointer, as
@@ -290,7 +410,11 @@ fn zero_size_with_page_plus_alignment() {
             unsafe { magpie_free(p) };
         }
     }
-    assert!(bad.is_empty(), "size-0 aligned requests failed:\n  {}", bad.join("\n  "));
+    assert!(
+        bad.is_empty(),
+        "size-0 aligned requests failed:\n  {}",
+        bad.join("\n  ")
+    );
 }
 
 #[test]
@@ -336,15 +460,44 @@ fn realloc_semantics() {
     let mut p = magpie_malloc(1) as *mut u8;
     let mut size = 1usize;
     unsafe { *p = 0 };
-    let steps: Vec<usize> =
-        [2, 9, 16, 17, 100, 1000, 4096, 8193, 32 << 10, (32 << 10) + 1, 100_000, MIB, 3 * MIB, 8 * MIB]
-            .into_iter()
-            .chain([5 * MIB, 4 * MIB + 1, MIB, 70_000, 32 << 10, 1000, 17, 16, 8, 1])
-            .collect();
+    let steps: Vec<usize> = [
+        2,
+        9,
+        16,
+        17,
+        100,
+        1000,
+        4096,
+        8193,
+        32 << 10,
+        (32 << 10) + 1,
+        100_000,
+        MIB,
+        3 * MIB,
+        8 * MIB,
+    ]
+    .into_iter()
+    .chain([
+        5 * MIB,
+        4 * MIB + 1,
+        MIB,
+        70_000,
+        32 << 10,
+        1000,
+        17,
+        16,
+        8,
+        1,
+    ])
+    .collect();
     for n in steps {
         let q = unsafe { magpie_realloc(p.cast(), n) } as *mut u8;
         assert!(!q.is_null(), "realloc({size} -> {n})");
-        assert_eq!(q as usize % if n >= 16 { 16 } else { 8 }, 0, "realloc -> {n} misaligned");
+        assert_eq!(
+            q as usize % if n >= 16 { 16 } else { 8 },
+            0,
+            "realloc -> {n} misaligned"
+        );
         let kept = size.min(n);
         for i in 0..kept {
             let want = (i % 251) as u8;
@@ -372,7 +525,11 @@ fn realloc_failure_keeps_block() {
             let q = unsafe { magpie_realloc(p, n) };
             assert!(q.is_null(), "realloc(p, {n:#x}) should fail");
             assert_eq!(errno(), libc::ENOMEM, "realloc(p, {n:#x}) errno");
-            assert_eq!(unsafe { all(p, size, 0x77) }, None, "realloc failure changed the block");
+            assert_eq!(
+                unsafe { all(p, size, 0x77) },
+                None,
+                "realloc failure changed the block"
+            );
         }
         // reallocarray overflow: NULL + ENOMEM, block intact and still ours.
         for (n, s) in [(usize::MAX, 2), (1 << 33, 1 << 33), (2, usize::MAX / 2 + 1)] {
@@ -380,7 +537,11 @@ fn realloc_failure_keeps_block() {
             let q = unsafe { magpie_reallocarray(p, n, s) };
             assert!(q.is_null(), "reallocarray(p, {n}, {s}) should fail");
             assert_eq!(errno(), libc::ENOMEM, "reallocarray errno");
-            assert_eq!(unsafe { all(p, size, 0x77) }, None, "reallocarray failure changed the block");
+            assert_eq!(
+                unsafe { all(p, size, 0x77) },
+                None,
+                "reallocarray failure changed the block"
+            );
         }
         // reallocarray that fits works like realloc.
         let q = unsafe { magpie_reallocarray(p, 3, size) };
@@ -397,7 +558,14 @@ fn realloc_failure_keeps_block() {
 
 #[test]
 fn huge_sizes_fail_with_enomem() {
-    for size in [usize::MAX, usize::MAX / 2, usize::MAX - 8191, usize::MAX - 15, 1 << 62, (isize::MAX as usize) + 1] {
+    for size in [
+        usize::MAX,
+        usize::MAX / 2,
+        usize::MAX - 8191,
+        usize::MAX - 15,
+        1 << 62,
+        (isize::MAX as usize) + 1,
+    ] {
         set_errno(0);
         let p = magpie_malloc(size);
         assert!(p.is_null(), "malloc({size:#x}) returned {p:p}");
@@ -427,7 +595,13 @@ fn huge_sizes_fail_with_enomem() {
 #[test]
 fn aligned_huge_sizes_fail_with_enomem() {
     let mut bad = Vec::new();
-    for size in [usize::MAX, usize::MAX - 15, usize::MAX - 4095, usize::MAX / 2, 1 << 62] {
+    for size in [
+        usize::MAX,
+        usize::MAX - 15,
+        usize::MAX - 4095,
+        usize::MAX / 2,
+        1 << 62,
+    ] {
         for align in [32usize, 64, 4096, 65536] {
             set_errno(0);
             let p = magpie_aligned_alloc(align, size);
@@ -435,18 +609,27 @@ fn aligned_huge_sizes_fail_with_enomem() {
                 bad.push(format!(
                     "aligned_alloc({align}, {size:#x}) = {p:p} errno {} (usable {})",
                     errno(),
-                    if p.is_null() { 0 } else { unsafe { magpie_malloc_usable_size(p) } }
+                    if p.is_null() {
+                        0
+                    } else {
+                        unsafe { magpie_malloc_usable_size(p) }
+                    }
                 ));
             }
             set_errno(0);
             let p = magpie_memalign(align, size);
             if !p.is_null() || errno() != libc::ENOMEM {
-                bad.push(format!("memalign({align}, {size:#x}) = {p:p} errno {}", errno()));
+                bad.push(format!(
+                    "memalign({align}, {size:#x}) = {p:p} errno {}",
+                    errno()
+                ));
             }
             let mut out = SENTINEL;
             let r = unsafe { magpie_posix_memalign(&mut out, align, size) };
             if r != libc::ENOMEM || out != SENTINEL {
-                bad.push(format!("posix_memalign({align}, {size:#x}) = {r}, out {out:p}"));
+                bad.push(format!(
+                    "posix_memalign({align}, {size:#x}) = {r}, out {out:p}"
+                ));
             }
         }
         set_errno(0);
@@ -455,7 +638,11 @@ fn aligned_huge_sizes_fail_with_enomem() {
             bad.push(format!("valloc({size:#x}) = {p:p} errno {}", errno()));
         }
     }
-    assert!(bad.is_empty(), "huge aligned requests succeeded:\n  {}", bad.join("\n  "));
+    assert!(
+        bad.is_empty(),
+        "huge aligned requests succeeded:\n  {}",
+        bad.join("\n  ")
+    );
 }
 
 #[test]
@@ -469,6 +656,40 @@ fn malloc_trim_works() {
     }
     let r = magpie_malloc_trim(0);
     assert!(r == 0 || r == 1);
+}
+
+/// The Rust face (GlobalAlloc, called directly — this binary's global
+/// allocator is the system's): impossible layouts give null, a failed realloc
+/// keeps the block.
+#[test]
+fn rust_face_huge_layouts() {
+    use std::alloc::{GlobalAlloc, Layout};
+    let a = magpie::Magpie;
+    for align in [1usize, 8, 16, 64, 4096, 65536, 1 << 20] {
+        let size = isize::MAX as usize - (align - 1);
+        let l = Layout::from_size_align(size, align).unwrap();
+        assert!(unsafe { a.alloc(l) }.is_null(), "alloc({size:#x}, {align})");
+        assert!(
+            unsafe { a.alloc_zeroed(l) }.is_null(),
+            "alloc_zeroed({size:#x}, {align})"
+        );
+        let l = Layout::from_size_align(1 << 45, align).unwrap();
+        assert!(unsafe { a.alloc(l) }.is_null(), "alloc(32 TiB, {align})");
+        for old in [8usize, 5000, 100_000] {
+            let l = Layout::from_size_align(old, align).unwrap();
+            let p = unsafe { a.alloc(l) };
+            assert!(!p.is_null());
+            unsafe { ptr::write_bytes(p, 0x66, old) };
+            let q = unsafe { a.realloc(p, l, isize::MAX as usize - (align - 1)) };
+            assert!(q.is_null(), "realloc to a huge size");
+            assert_eq!(
+                unsafe { all(p.cast(), old, 0x66) },
+                None,
+                "failed realloc changed the block"
+            );
+            unsafe { a.dealloc(p, l) };
+        }
+    }
 }
 
 /// The whole binary again, with the locked (non-rseq) caches.

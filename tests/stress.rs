@@ -5,7 +5,8 @@
 //! Usage: `stress [FILTER...]` runs the scenarios whose name contains a filter
 //! (all when none is given). With `MAGPIE_STRESS_CHILD=1` the binary is the
 //! child of the `locked_fallback` scenario: it runs everything else and checks
-//! that the caches are in locked (non-rseq) mode.
+//! that the caches are in locked (non-rseq) mode. `MAGPIE_STRESS_REPEAT=N`
+//! runs the selection N times (a soak test).
 
 #[global_allocator]
 static A: magpie::Magpie = magpie::Magpie;
@@ -39,24 +40,45 @@ impl Block {
         let l = Layout::from_size_align(size, align).unwrap();
         let p = unsafe { alloc(l) };
         assert!(!p.is_null(), "alloc({size}, {align}) returned null");
-        assert_eq!(p as usize % align, 0, "alloc({size}, {align}) misaligned: {p:p}");
+        assert_eq!(
+            p as usize % align,
+            0,
+            "alloc({size}, {align}) misaligned: {p:p}"
+        );
         let seed = (p as u64) ^ SEEDS.fetch_add(1, Ordering::Relaxed).rotate_left(40);
         unsafe { fill(p, size, seed, 0) };
-        Block { ptr: p as usize, size, align, seed }
+        Block {
+            ptr: p as usize,
+            size,
+            align,
+            seed,
+        }
     }
 
     fn new_zeroed(size: usize, align: usize) -> Block {
         let l = Layout::from_size_align(size, align).unwrap();
         let p = unsafe { alloc_zeroed(l) };
         assert!(!p.is_null(), "alloc_zeroed({size}, {align}) returned null");
-        assert_eq!(p as usize % align, 0, "alloc_zeroed({size}, {align}) misaligned: {p:p}");
+        assert_eq!(
+            p as usize % align,
+            0,
+            "alloc_zeroed({size}, {align}) misaligned: {p:p}"
+        );
         let s = unsafe { std::slice::from_raw_parts(p, size) };
         if let Some(i) = s.iter().position(|&b| b != 0) {
-            panic!("alloc_zeroed({size}, {align}) at {p:p}: byte {i} is {:#x}", s[i]);
+            panic!(
+                "alloc_zeroed({size}, {align}) at {p:p}: byte {i} is {:#x}",
+                s[i]
+            );
         }
         let seed = (p as u64) ^ SEEDS.fetch_add(1, Ordering::Relaxed).rotate_left(40);
         unsafe { fill(p, size, seed, 0) };
-        Block { ptr: p as usize, size, align, seed }
+        Block {
+            ptr: p as usize,
+            size,
+            align,
+            seed,
+        }
     }
 
     fn check(&self, what: &str) {
@@ -72,8 +94,18 @@ impl Block {
     fn realloc(&mut self, new_size: usize) {
         self.check("before realloc");
         let p = unsafe { realloc(self.ptr as *mut u8, self.layout(), new_size) };
-        assert!(!p.is_null(), "realloc({:#x}, {} -> {new_size}) returned null", self.ptr, self.size);
-        assert_eq!(p as usize % self.align, 0, "realloc misaligned {p:p} align {}", self.align);
+        assert!(
+            !p.is_null(),
+            "realloc({:#x}, {} -> {new_size}) returned null",
+            self.ptr,
+            self.size
+        );
+        assert_eq!(
+            p as usize % self.align,
+            0,
+            "realloc misaligned {p:p} align {}",
+            self.align
+        );
         let kept = self.size.min(new_size);
         if let Some(i) = unsafe { check(p, kept, self.seed) } {
             panic!(
@@ -103,7 +135,13 @@ impl Drop for Block {
 
 /// Random alloc / alloc_zeroed / realloc / free over a table of `nslots` slots.
 /// With `pool`, some blocks are handed to other threads and some taken from them.
-fn random_ops(seed: u64, ops: usize, nslots: usize, big_per_mille: u64, pool: Option<&Mutex<Vec<Block>>>) {
+fn random_ops(
+    seed: u64,
+    ops: usize,
+    nslots: usize,
+    big_per_mille: u64,
+    pool: Option<&Mutex<Vec<Block>>>,
+) {
     let mut r = Rng::new(seed);
     let mut slots: Vec<Option<Block>> = (0..nslots).map(|_| None).collect();
     let max = 8 * MIB;
@@ -148,7 +186,11 @@ fn random_ops(seed: u64, ops: usize, nslots: usize, big_per_mille: u64, pool: Op
                 }
                 let size = skewed_size(&mut r, max, big_per_mille);
                 let align = skewed_align(&mut r);
-                slots[i] = Some(if r.chance(100) { Block::new_zeroed(size, align) } else { Block::new(size, align) });
+                slots[i] = Some(if r.chance(100) {
+                    Block::new_zeroed(size, align)
+                } else {
+                    Block::new(size, align)
+                });
             }
         }
     }
@@ -161,10 +203,12 @@ fn random_ops(seed: u64, ops: usize, nslots: usize, big_per_mille: u64, pool: Op
 // Scenarios.
 
 fn single_thread_random() {
-    random_ops(0x5151, 400_000, 2048, 1, None);
+    random_ops(0x5151, 800_000, 2048, 1, None);
     // Many tiny and small objects at once, freed in a random order.
     let mut r = Rng::new(77);
-    let mut v: Vec<Block> = (0..200_000).map(|_| Block::new(r.range(1, 64), 1 << r.below(4))).collect();
+    let mut v: Vec<Block> = (0..200_000)
+        .map(|_| Block::new(r.range(1, 64), 1 << r.below(4)))
+        .collect();
     for k in (1..v.len()).rev() {
         let j = r.below(k as u64 + 1) as usize;
         v.swap(k, j);
@@ -184,7 +228,7 @@ fn multi_thread_random() {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
-                random_ops(0xA11CE + t as u64, 200_000, 1024, 1, Some(&pool));
+                random_ops(0xA11CE + t as u64, 400_000, 1024, 1, Some(&pool));
             })
         })
         .collect();
@@ -245,8 +289,33 @@ fn realloc_grow_shrink() {
 
 fn zeroed_on_reuse() {
     let sizes = [
-        1usize, 2, 3, 7, 8, 9, 15, 16, 17, 24, 31, 32, 48, 100, 256, 1000, 4096, 5000, 8192, 20000, 32768,
-        32769, 40000, 65536, 100_000, 1 << 20, (3 << 20) + 5,
+        1usize,
+        2,
+        3,
+        7,
+        8,
+        9,
+        15,
+        16,
+        17,
+        24,
+        31,
+        32,
+        48,
+        100,
+        256,
+        1000,
+        4096,
+        5000,
+        8192,
+        20000,
+        32768,
+        32769,
+        40000,
+        65536,
+        100_000,
+        1 << 20,
+        (3 << 20) + 5,
     ];
     let aligns = [1usize, 8, 16, 64, 4096, 65536];
     let mut reused = 0usize;
@@ -291,7 +360,10 @@ fn zeroed_on_reuse() {
         }
     }
     eprintln!("    alloc_zeroed: {reused} of {total} blocks reused freed dirty memory");
-    assert!(reused > total / 4, "too little reuse ({reused}/{total}) for the test to mean anything");
+    assert!(
+        reused > total / 4,
+        "too little reuse ({reused}/{total}) for the test to mean anything"
+    );
     // vec![0; n] goes through alloc_zeroed too.
     for round in 0..20 {
         let n = 1000 + round * 37_000;
@@ -305,7 +377,7 @@ fn zeroed_on_reuse() {
 
 fn producer_consumer() {
     const PAIRS: usize = 2;
-    const PER_PRODUCER: usize = 300_000;
+    const PER_PRODUCER: usize = 500_000;
     let mut hs = Vec::new();
     for t in 0..PAIRS {
         let (to_cons, from_prod) = mpsc::sync_channel::<Block>(4096);
@@ -315,7 +387,9 @@ fn producer_consumer() {
             let mut back = 0;
             for k in 0..PER_PRODUCER {
                 let size = skewed_size(&mut r, 256 << 10, 0);
-                to_cons.send(Block::new(size, skewed_align(&mut r).min(256))).unwrap();
+                to_cons
+                    .send(Block::new(size, skewed_align(&mut r).min(256)))
+                    .unwrap();
                 // Free what the consumer allocated and sent back.
                 while let Ok(b) = from_cons.try_recv() {
                     b.free();
@@ -345,9 +419,15 @@ fn producer_consumer() {
             sent
         }));
     }
-    let counts: Vec<usize> = hs.into_iter().map(|h| h.join().expect("thread panicked")).collect();
+    let counts: Vec<usize> = hs
+        .into_iter()
+        .map(|h| h.join().expect("thread panicked"))
+        .collect();
     for pair in counts.chunks(2) {
-        assert_eq!(pair[0], pair[1], "blocks sent back != blocks freed by the producer");
+        assert_eq!(
+            pair[0], pair[1],
+            "blocks sent back != blocks freed by the producer"
+        );
     }
 }
 
@@ -368,7 +448,9 @@ fn thread_churn() {
                     }
                     let mut r = Rng::new(id as u64 * 7919);
                     let mut v: Vec<Block> = (0..64)
-                        .map(|_| Block::new(skewed_size(&mut r, 256 << 10, 5), skewed_align(&mut r)))
+                        .map(|_| {
+                            Block::new(skewed_size(&mut r, 256 << 10, 5), skewed_align(&mut r))
+                        })
                         .collect();
                     for b in v.iter_mut().step_by(5) {
                         let n = skewed_size(&mut r, 64 << 10, 0);
@@ -401,7 +483,10 @@ fn collections_under_load() {
                 let mut r = Rng::new(1000 + t);
                 let mut hm: HashMap<String, Vec<u64>> = HashMap::new();
                 for i in 0..60_000u64 {
-                    hm.insert(format!("key-{t}-{i}"), (0..i % 50).map(|j| i * 1000 + j).collect());
+                    hm.insert(
+                        format!("key-{t}-{i}"),
+                        (0..i % 50).map(|j| i * 1000 + j).collect(),
+                    );
                 }
                 for i in (0..60_000u64).step_by(2) {
                     assert!(hm.remove(&format!("key-{t}-{i}")).is_some());
@@ -432,7 +517,10 @@ fn collections_under_load() {
                     } else {
                         let b = dq.pop_front().unwrap();
                         assert_eq!(b.len(), (head % 300) as usize + 1);
-                        assert!(b.iter().all(|&x| x == (head % 251) as u8), "VecDeque element corrupted");
+                        assert!(
+                            b.iter().all(|&x| x == (head % 251) as u8),
+                            "VecDeque element corrupted"
+                        );
                         head += 1;
                     }
                 }
@@ -455,7 +543,10 @@ fn collections_under_load() {
         }
         for (i, s) in vs.iter().enumerate() {
             let base = i.to_string();
-            assert!(s == &base || *s == format!("{base}-x") || *s == format!("{base}-x-x"), "Vec<String>[{i}] = {s}");
+            assert!(
+                s == &base || *s == format!("{base}-x") || *s == format!("{base}-x-x"),
+                "Vec<String>[{i}] = {s}"
+            );
         }
         for b in &dq {
             assert_eq!(b.len(), (head % 300) as usize + 1);
@@ -479,8 +570,14 @@ fn locked_fallback() {
         "MAGPIE_RSEQ=0 run failed ({:?}):\n{stdout}\n{stderr}",
         out.status
     );
-    assert!(stdout.contains("cache mode: locked"), "child did not run in locked mode:\n{stdout}");
-    eprintln!("    MAGPIE_RSEQ=0 run took {:.1}s", t.elapsed().as_secs_f64());
+    assert!(
+        stdout.contains("cache mode: locked"),
+        "child did not run in locked mode:\n{stdout}"
+    );
+    eprintln!(
+        "    MAGPIE_RSEQ=0 run took {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -509,18 +606,26 @@ fn main() {
         return;
     }
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let repeat: usize = std::env::var("MAGPIE_STRESS_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let selected: Vec<&Scenario> = SCENARIOS
         .iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
         .filter(|(name, _)| !(child && *name == "locked_fallback"))
         .collect();
+    let selected: Vec<&Scenario> = (0..repeat).flat_map(|_| selected.iter().copied()).collect();
 
     // Touch the allocator so the mode is known.
     drop(Box::new(0u64));
     let mode = magpie::stats().cache_mode;
     println!("cache mode: {mode}");
     if child {
-        assert_eq!(mode, "locked", "MAGPIE_RSEQ=0 must select the locked caches");
+        assert_eq!(
+            mode, "locked",
+            "MAGPIE_RSEQ=0 must select the locked caches"
+        );
     }
     println!("\nrunning {} tests", selected.len());
     let mut failed = Vec::new();
@@ -529,7 +634,8 @@ fn main() {
         let before = magpie::debug::verify_heap();
         let r = std::panic::catch_unwind(|| {
             f();
-            let rep = magpie::debug::verify_heap().unwrap_or_else(|e| panic!("verify_heap after {name}: {e}"));
+            let rep = magpie::debug::verify_heap()
+                .unwrap_or_else(|e| panic!("verify_heap after {name}: {e}"));
             let before = before.unwrap_or_else(|e| panic!("verify_heap before {name}: {e}"));
             eprintln!(
                 "    verify_heap: {} small + {} large spans, {} live objects ({} B), {} cached slots (before: {} objects, {} B)",
@@ -544,10 +650,25 @@ fn main() {
             );
         });
         let ok = r.is_ok();
-        println!("test {name} ... {} ({:.2}s)", if ok { "ok" } else { "FAILED" }, t.elapsed().as_secs_f64());
+        println!(
+            "test {name} ... {} ({:.2}s)",
+            if ok { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        );
         if !ok {
             failed.push(*name);
         }
+    }
+    let released = magpie::trim();
+    if let Ok(r) = magpie::debug::verify_heap() {
+        eprintln!(
+            "    after trim() (released {} KiB): {} small + {} large spans, {} live objects, {} cached slots",
+            released >> 10,
+            r.small_spans,
+            r.large_spans,
+            r.live_objects,
+            r.cached_slots
+        );
     }
     let s = magpie::stats();
     eprintln!(
@@ -558,7 +679,9 @@ fn main() {
         s.heap_committed >> 20,
         s.cache_mode
     );
-    let filtered = SCENARIOS.len() - selected.len();
+    let filtered = SCENARIOS
+        .len()
+        .saturating_sub(selected.len() / repeat.max(1));
     if failed.is_empty() {
         println!(
             "\ntest result: ok. {} passed; 0 failed; 0 ignored; 0 measured; {filtered} filtered out; finished in {:.2}s\n",

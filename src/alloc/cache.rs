@@ -59,7 +59,9 @@ pub struct CpuCache {
 
 pub const ENTRIES_OFF: usize = offset_of!(CpuCache, entries);
 pub const TINY_OFF: usize = offset_of!(CpuCache, tiny);
-pub const SHIFT: usize = core::mem::size_of::<CpuCache>().next_power_of_two().trailing_zeros() as usize;
+pub const SHIFT: usize = core::mem::size_of::<CpuCache>()
+    .next_power_of_two()
+    .trailing_zeros() as usize;
 const STRIDE: usize = 1 << SHIFT;
 
 /// What the fast paths read: kept together on one cache line.
@@ -155,7 +157,14 @@ pub fn pop(sc: usize) -> usize {
         return 0;
     }
     // SAFETY: off is the registered rseq offset; caches and ncpu were set with it.
-    let (p, c) = unsafe { rseq_ops::pop(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), sc * 8) };
+    let (p, c) = unsafe {
+        rseq_ops::pop(
+            off,
+            FAST.caches.load(Relaxed),
+            FAST.ncpu.load(Relaxed),
+            sc * 8,
+        )
+    };
     if p != 0 {
         // SAFETY: c is the cache the pop used.
         bump(unsafe { &(*(c as *const CpuCache)).stats.allocs[sc] });
@@ -171,7 +180,16 @@ pub fn push(sc: usize, e: Entry) -> bool {
         return false;
     }
     // SAFETY: as in pop.
-    let c = unsafe { rseq_ops::push(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), sc * 8, e.ptr, e.state) };
+    let c = unsafe {
+        rseq_ops::push(
+            off,
+            FAST.caches.load(Relaxed),
+            FAST.ncpu.load(Relaxed),
+            sc * 8,
+            e.ptr,
+            e.state,
+        )
+    };
     if c != 0 {
         // SAFETY: c is the cache the push used.
         bump(unsafe { &(*(c as *const CpuCache)).stats.frees[sc] });
@@ -188,7 +206,15 @@ pub fn tiny_alloc(size: usize, align: usize) -> usize {
         return 0;
     }
     // SAFETY: as in pop; size < 16 and align <= 8 by the caller's routing.
-    unsafe { rseq_ops::tiny_alloc(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), size, tiny_amask(size, align)) }
+    unsafe {
+        rseq_ops::tiny_alloc(
+            off,
+            FAST.caches.load(Relaxed),
+            FAST.ncpu.load(Relaxed),
+            size,
+            tiny_amask(size, align),
+        )
+    }
 }
 
 /// Go's tiny alignment: 8 if the size is a multiple of 8, else 4, 2, 1, and
@@ -420,12 +446,26 @@ pub fn push_slow(sc: usize, e: Entry) {
 // ---------------------------------------------------------------------------
 // Tiny blocks.
 
-/// Bias of a tiny block's live count while a cache carves it, so frees of its
-/// sub-objects cannot bring it to zero before the cache lets go.
-const TINY_BIAS: u8 = 128;
+// A CPU's tiny word packs its current block, the offsets it carved objects at,
+// and the next free offset: `block >> 4 << 21 | carved << 5 | offset`
+// (block addresses are below 2^47 and 16-byte aligned; offset is 0..=16).
+
+/// The tiny word of `block` with one object of `size` bytes carved at offset 0.
+fn tiny_word(block: usize, size: usize) -> usize {
+    (block >> 4) << 21 | 1 << 5 | size
+}
+
+fn tiny_word_block(w: usize) -> usize {
+    (w >> 21) << 4
+}
+
+fn tiny_word_carved(w: usize) -> u32 {
+    ((w >> 5) & 0xffff) as u32
+}
 
 /// Allocates a new tiny block, carves the first object of `size` bytes from it
-/// and makes it the CPU's current block, retiring the previous one.
+/// and, when it leaves more room than the current block (Go's rule), makes it
+/// the CPU's current block, retiring the previous one.
 #[cold]
 pub fn tiny_alloc_slow(size: usize, align: usize) -> usize {
     match route() {
@@ -434,15 +474,21 @@ pub fn tiny_alloc_slow(size: usize, align: usize) -> usize {
             if p != 0 {
                 return p;
             }
-            let blk = new_tiny_block();
-            if blk == 0 {
-                return 0;
+            // The new block replaces the current one only if it leaves more
+            // room; else it holds just this object.
+            let cur = this_cpu_cache(off).tiny.load(Relaxed) as usize;
+            let replace = cur == 0 || size < (cur & 31);
+            let blk = new_tiny_block(replace);
+            if blk == 0 || !replace {
+                return blk;
             }
-            let w = blk << 16 | 1 << 8 | size;
+            let w = tiny_word(blk, size);
             // SAFETY: off is registered for this thread.
-            let (done, old) = unsafe { rseq_ops::tiny_swap(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), w) };
+            let (done, old) = unsafe {
+                rseq_ops::tiny_swap(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), w)
+            };
             if !done {
-                // The thread lost its CPU number: carve from this block alone.
+                // The thread lost its CPU number: the block holds this object alone.
                 retire_tiny(w);
                 return blk;
             }
@@ -458,20 +504,23 @@ pub fn tiny_alloc_slow(size: usize, align: usize) -> usize {
                 let _g = c.lock.lock();
                 let w = c.tiny.load(Relaxed) as usize;
                 if w != 0 {
-                    let off = ((w & 0xff) + amask) & !amask;
+                    let off = ((w & 31) + amask) & !amask;
                     if off + size <= 16 {
-                        c.tiny.store(((w & !0xff) + 0x100 + off + size) as u64, Relaxed);
-                        return (w >> 16) + off;
+                        c.tiny
+                            .store(((w & !31) | (off + size) | 1 << (off + 5)) as u64, Relaxed);
+                        return tiny_word_block(w) + off;
                     }
                 }
             }
-            let blk = new_tiny_block();
-            if blk == 0 {
-                return 0;
+            let cur = c.tiny.load(Relaxed) as usize;
+            let replace = cur == 0 || size < (cur & 31);
+            let blk = new_tiny_block(replace);
+            if blk == 0 || !replace {
+                return blk;
             }
             let old = {
                 let _g = c.lock.lock();
-                c.tiny.swap((blk << 16 | 1 << 8 | size) as u64, Relaxed) as usize
+                c.tiny.swap(tiny_word(blk, size) as u64, Relaxed) as usize
             };
             if old != 0 {
                 retire_tiny(old);
@@ -481,8 +530,10 @@ pub fn tiny_alloc_slow(size: usize, align: usize) -> usize {
     }
 }
 
-/// A fresh 16-byte block from the tiny span class, allocated and biased.
-fn new_tiny_block() -> usize {
+/// A fresh 16-byte block from the tiny span class, allocated. A block that
+/// becomes a CPU's current block (`current`) publishes its carved offsets only
+/// when retired; one that holds a single object publishes it at once.
+fn new_tiny_block(current: bool) -> usize {
     let mut b = pop(TINY_SC);
     if b == 0 {
         b = pop_slow(TINY_SC);
@@ -494,66 +545,153 @@ fn new_tiny_block() -> usize {
     // SAFETY: b was just allocated from a tiny span.
     unsafe {
         let i = (*s).slot_of(b);
-        (*s).tiny_count(i).store(TINY_BIAS, Relaxed);
+        (*s).tiny_state(i)
+            .store(if current { 0 } else { 1 }, Relaxed);
     }
     b
 }
 
-/// A cache lets go of tiny block word `w`: credit the objects it carved and
-/// drop the bias; free the block if every object was already freed.
+/// A CPU lets go of its tiny block (word `w`): publish the offsets it carved;
+/// free the block if every object was already freed.
 pub fn retire_tiny(w: usize) {
-    let blk = w >> 16;
-    let carved = ((w >> 8) & 0xff) as u8;
+    let blk = tiny_word_block(w);
+    let carved = tiny_word_carved(w);
     let s = heap::span_of(blk);
     if s.is_null() {
         fatal("internal error: tiny block outside the heap", Some(blk));
     }
     // SAFETY: blk is an allocated block of tiny span s.
-    let (count, i) = unsafe {
-        let i = (*s).slot_of(blk);
-        ((*s).tiny_count(i), i)
-    };
-    let delta = carved.wrapping_sub(TINY_BIAS);
-    let now = count.fetch_add(delta, Relaxed).wrapping_add(delta);
-    if now == 0 {
-        // SAFETY: s is live; every object of the block is gone.
-        unsafe { free_tiny_block(&*s, i) };
-    } else if now > 16 {
-        fatal("double free of a tiny object in the block at", Some(blk));
+    let sp = unsafe { &*s };
+    let i = sp.slot_of(blk);
+    let v = sp.tiny_state(i).fetch_or(carved, Relaxed);
+    let freed = v >> 16;
+    if v & 0xffff != 0 {
+        fatal("internal error: tiny block retired twice", Some(blk));
+    }
+    if freed & !carved != 0 {
+        // A free of an offset that no object starts at, made while the block
+        // was still being carved: report the first such address.
+        let b = (freed & !carved).trailing_zeros() as usize;
+        fatal("free() of an interior pointer:", Some(blk + b));
+    }
+    if carved & !freed == 0 {
+        free_tiny_block(sp, i);
     }
 }
 
-/// Frees one tiny sub-object at `p` in block `i` of tiny span `s`.
+/// Frees the tiny object at `p` in block `i` of tiny span `s`: marks its
+/// offset freed (a second free of it is caught here) and frees the block once
+/// every carved object is freed. Whichever of the last free and the retire
+/// comes second sees the complete picture and frees the block, exactly once.
 pub fn tiny_free(s: &span::Span, i: usize, p: usize) {
     if s.slot_state(i).load(Relaxed) != span::SLOT_ALLOCATED {
-        fatal("double free or invalid free of", Some(p));
+        fatal("double free (or free of memory not allocated) at", Some(p));
     }
-    let prev = s.tiny_count(i).fetch_sub(1, Relaxed);
-    match prev {
-        0 => fatal("double free of a tiny object", Some(p)),
-        1 => free_tiny_block(s, i),
-        _ => {}
+    let b = p & 15;
+    let bit = 1u32 << (16 + b);
+    let v = s.tiny_state(i).fetch_or(bit, Relaxed);
+    if v & bit != 0 {
+        fatal("double free (or free of memory not allocated) at", Some(p));
+    }
+    let carved = v & 0xffff;
+    if carved != 0 {
+        if carved & (1 << b) == 0 {
+            fatal("free() of an interior pointer:", Some(p));
+        }
+        if carved & !((v >> 16) | 1 << b) == 0 {
+            free_tiny_block(s, i);
+        }
     }
 }
 
 fn free_tiny_block(s: &span::Span, i: usize) {
     let st = s.slot_state(i);
     st.store(span::SLOT_FREE, Relaxed);
-    let e = Entry { ptr: s.slot_addr(i), state: st as *const AtomicU8 as usize };
+    let e = Entry {
+        ptr: s.slot_addr(i),
+        state: st as *const AtomicU8 as usize,
+    };
     if !push(TINY_SC, e) {
         push_slow(TINY_SC, e);
     }
 }
 
-/// Flushes every cache (malloc_trim). Only safe when no other thread is
-/// allocating: callers are trim (best effort, locked caches only) and the
-/// collector with the world stopped.
+/// Flushes every cache with the world stopped (the collector).
 ///
 /// # Safety
 /// No other thread may run an rseq section or hold a cache lock.
 pub unsafe fn flush_all() {
     for i in 0..ncaches() {
         cache_at(i).flush();
+    }
+}
+
+/// Returns the slots cached by every CPU to the central lists while other
+/// threads keep running (malloc_trim): the locked caches under their locks;
+/// each rseq cache by pinning the calling thread to its CPU and popping it
+/// empty with the same critical sections other threads use there.
+pub fn drain_all_cpus() {
+    let mut buf = [Entry::default(); MAX_BATCH];
+    let n = FAST.ncpu.load(Relaxed);
+    for i in 0..n {
+        let c = cache_at(n + i);
+        for sc in 2..NUM_SPANCLASSES {
+            loop {
+                let k = {
+                    let _g = c.lock.lock();
+                    c.pop_many_locked(sc, &mut buf)
+                };
+                if k == 0 {
+                    break;
+                }
+                central::drain(sc, &buf[..k]);
+            }
+        }
+        let w = {
+            let _g = c.lock.lock();
+            c.tiny.swap(0, Relaxed) as usize
+        };
+        if w != 0 {
+            retire_tiny(w);
+        }
+    }
+    let off = FAST.rseq_off.load(Relaxed);
+    if off == 0 || !rseq::ensure_registered(off) {
+        return;
+    }
+    // SAFETY: plain syscalls on the calling thread's affinity mask, which is
+    // restored before returning.
+    unsafe {
+        let mut saved: libc::cpu_set_t = core::mem::zeroed();
+        if libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut saved) != 0 {
+            return;
+        }
+        for cpu in 0..n.min(libc::CPU_SETSIZE as usize) {
+            if !libc::CPU_ISSET(cpu, &saved) {
+                continue;
+            }
+            let mut one: libc::cpu_set_t = core::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            if libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &one) != 0 {
+                continue;
+            }
+            for sc in 2..NUM_SPANCLASSES {
+                loop {
+                    let a = args(sc, &mut buf);
+                    let k = rseq_ops::pop_batch(off, &a);
+                    if k == 0 {
+                        break;
+                    }
+                    central::drain(sc, &buf[..k]);
+                }
+            }
+            let (done, old) =
+                rseq_ops::tiny_swap(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), 0);
+            if done && old != 0 {
+                retire_tiny(old);
+            }
+        }
+        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &saved);
     }
 }
 

@@ -98,8 +98,12 @@ struct Central {
 // single-threaded init).
 unsafe impl Sync for Central {}
 
-static CENTRAL: [Central; NUM_SPANCLASSES] =
-    [const { Central { lock: Mutex::new(()), inner: UnsafeCell::new(ptr::null_mut()) } }; NUM_SPANCLASSES];
+static CENTRAL: [Central; NUM_SPANCLASSES] = [const {
+    Central {
+        lock: Mutex::new(()),
+        inner: UnsafeCell::new(ptr::null_mut()),
+    }
+}; NUM_SPANCLASSES];
 
 /// Spans obtained from and returned to the page heap, for statistics.
 pub static SPANS_CREATED: AtomicU64 = AtomicU64::new(0);
@@ -201,7 +205,9 @@ pub fn drain(sc: usize, entries: &[Entry]) {
     }
     for e in entries {
         // SAFETY: entries carry the state byte of their slot.
-        unsafe { (*(e.state as *const core::sync::atomic::AtomicU8)).store(span::SLOT_FREE, Relaxed) };
+        unsafe {
+            (*(e.state as *const core::sync::atomic::AtomicU8)).store(span::SLOT_FREE, Relaxed)
+        };
     }
     let mut g = lock(sc);
     if entries.len() == batch(sc) && g.inner.nbatches < TRANSFER_SLOTS {
@@ -258,7 +264,9 @@ pub fn flush_transfer() {
 }
 
 /// Calls `f` with every entry parked in the transfer caches (verifier).
-pub fn for_each_transfer_entry(mut f: impl FnMut(usize, &Entry) -> Result<(), crate::debug::VerifyError>) -> Result<(), crate::debug::VerifyError> {
+pub fn for_each_transfer_entry(
+    mut f: impl FnMut(usize, &Entry) -> Result<(), crate::debug::VerifyError>,
+) -> Result<(), crate::debug::VerifyError> {
     for sc in 2..NUM_SPANCLASSES {
         let g = lock(sc);
         for i in 0..g.inner.nbatches {
@@ -277,10 +285,16 @@ pub fn verify_span(s: &Span) -> Result<(), crate::debug::VerifyError> {
     let sc = s.spanclass as usize;
     let g = lock(sc);
     if s.in_partial != (s.nfree > 0) {
-        return Err(E::new("span's partial-list membership disagrees with its free count", s.base));
+        return Err(E::new(
+            "span's partial-list membership disagrees with its free count",
+            s.base,
+        ));
     }
     if s.nfree == s.nelems {
-        return Err(E::new("all-free span was not returned to the page heap", s.base));
+        return Err(E::new(
+            "all-free span was not returned to the page heap",
+            s.base,
+        ));
     }
     if s.in_partial {
         let mut p = g.inner.partial.head;
@@ -289,7 +303,10 @@ pub fn verify_span(s: &Span) -> Result<(), crate::debug::VerifyError> {
             p = unsafe { (*p).next };
         }
         if p.is_null() {
-            return Err(E::new("span marked partial is not on its class's list", s.base));
+            return Err(E::new(
+                "span marked partial is not on its class's list",
+                s.base,
+            ));
         }
     }
     Ok(())

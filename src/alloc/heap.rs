@@ -42,6 +42,15 @@ static MAP: Map = Map {
     pagemap: AtomicPtr::new(ptr::null_mut()),
 };
 
+/// The end of the committed part of the heap (mirrors `Inner::committed_end`
+/// for lock-free readers).
+static COMMITTED_END: AtomicUsize = AtomicUsize::new(0);
+
+/// True if `addr` lies in memory the heap has committed (used or free).
+pub fn is_committed(addr: usize) -> bool {
+    addr >= MAP.base.load(Relaxed) && addr < COMMITTED_END.load(Relaxed)
+}
+
 /// The tag of a free span's page-map entries.
 const FREE_TAG: usize = 1;
 
@@ -114,7 +123,10 @@ pub fn range() -> (usize, usize) {
 
 /// The page-map range `(address, bytes)`, magpie's own metadata.
 pub fn pagemap_range() -> (usize, usize) {
-    (MAP.pagemap.load(Relaxed) as usize, (MAP.size.load(Relaxed) >> PAGE_SHIFT) * 8)
+    (
+        MAP.pagemap.load(Relaxed) as usize,
+        (MAP.size.load(Relaxed) >> PAGE_SHIFT) * 8,
+    )
 }
 
 #[inline(always)]
@@ -265,6 +277,7 @@ impl Inner {
             return false;
         }
         self.committed_end += step;
+        COMMITTED_END.store(self.committed_end, Relaxed);
         let s = Span::new_record(start, step / PAGE_SIZE);
         if s.is_null() {
             return false;
@@ -329,7 +342,8 @@ impl Inner {
                 // pages of a free span touches no live object.
                 unsafe {
                     let next = (*s).next;
-                    let old_enough = older_than.is_none_or(|d| now.saturating_sub((*s).free_since_ms) >= d);
+                    let old_enough =
+                        older_than.is_none_or(|d| now.saturating_sub((*s).free_since_ms) >= d);
                     if (*s).dirty_pages > 0 && old_enough {
                         let bytes = (*s).npages * PAGE_SIZE;
                         os::decommit((*s).base as *mut u8, bytes);
@@ -348,14 +362,18 @@ impl Inner {
     /// The scavenger's policy, run on page-heap operations: keep free resident
     /// memory under the threshold, and release what has been free past the decay time.
     fn maybe_scavenge(&mut self) {
-        let retain = RETAIN_BYTES.load(Relaxed).max(self.inuse_pages * PAGE_SIZE / 8);
+        let retain = RETAIN_BYTES
+            .load(Relaxed)
+            .max(self.inuse_pages * PAGE_SIZE / 8);
         let dirty = self.free_dirty_pages * PAGE_SIZE;
         if dirty > retain {
             self.scavenge(dirty - retain / 2, None);
         }
         let now = now_ms();
         let decay = DECAY_MS.load(Relaxed);
-        if self.free_dirty_pages > 0 && now.saturating_sub(self.last_decay_ms) >= (decay / 4).max(10) {
+        if self.free_dirty_pages > 0
+            && now.saturating_sub(self.last_decay_ms) >= (decay / 4).max(10)
+        {
             self.last_decay_ms = now;
             self.scavenge(usize::MAX, Some(decay));
         }
@@ -377,7 +395,11 @@ pub fn alloc_span(npages: usize, align: usize) -> (*mut Span, bool) {
     h.maybe_scavenge();
     let mut s = h.find(npages, align);
     if s.is_null() {
-        let extra = if align > PAGE_SIZE { align / PAGE_SIZE } else { 0 };
+        let extra = if align > PAGE_SIZE {
+            align / PAGE_SIZE
+        } else {
+            0
+        };
         if !h.grow(npages + extra) {
             return (ptr::null_mut(), false);
         }
@@ -452,6 +474,26 @@ unsafe fn split_dirty(h: &mut Inner, s: *mut Span, rest: *mut Span, keep: usize)
     }
 }
 
+/// Frees large span `s` if its object is allocated (checked and cleared under
+/// the heap lock). Returns false, changing nothing, if it was not.
+///
+/// # Safety
+/// `s` must be a large span found through the page map.
+pub unsafe fn free_large_span(s: *mut Span) -> bool {
+    let mut h = HEAP.lock();
+    // SAFETY: under the heap lock the span cannot change state under us.
+    unsafe {
+        if (*s).state.load(Relaxed) != span::LARGE
+            || (*s).large_alloc.swap(span::SLOT_FREE, Relaxed) != span::SLOT_ALLOCATED
+        {
+            return false;
+        }
+        h.release(s);
+    }
+    h.maybe_scavenge();
+    true
+}
+
 /// Returns an in-use span's pages to the page heap.
 ///
 /// # Safety
@@ -459,19 +501,30 @@ unsafe fn split_dirty(h: &mut Inner, s: *mut Span, rest: *mut Span, keep: usize)
 pub unsafe fn free_span(s: *mut Span) {
     let mut h = HEAP.lock();
     // SAFETY: the caller's contract; under the heap lock.
-    unsafe {
-        (*s).release_bits();
-        (*s).state.store(span::FREE, Relaxed);
-        (*s).dirty_pages = (*s).npages;
-        (*s).free_since_ms = now_ms();
-        let n = (*s).npages;
-        h.inuse_pages -= n;
-        h.free_pages += n;
-        h.free_dirty_pages += n;
-        set_pages(0, (*s).base, n);
-        h.add_free(s);
-    }
+    unsafe { h.release(s) };
     h.maybe_scavenge();
+}
+
+impl Inner {
+    /// Turns in-use span `s` into a free one and coalesces it.
+    ///
+    /// # Safety
+    /// `s` is in use and nothing refers to its memory any more.
+    unsafe fn release(&mut self, s: *mut Span) {
+        // SAFETY: the caller's contract.
+        unsafe {
+            (*s).release_bits();
+            (*s).state.store(span::FREE, Relaxed);
+            (*s).dirty_pages = (*s).npages;
+            (*s).free_since_ms = now_ms();
+            let n = (*s).npages;
+            self.inuse_pages -= n;
+            self.free_pages += n;
+            self.free_dirty_pages += n;
+            set_pages(0, (*s).base, n);
+            self.add_free(s);
+        }
+    }
 }
 
 /// Grows in-use span `s` in place to `npages` pages by taking the free pages
@@ -546,7 +599,9 @@ pub fn stats() -> HeapStats {
 /// length inside the committed range, no two free spans are adjacent (they
 /// would have coalesced), page counts add up, and every page map entry of an
 /// in-use span points back to it. Calls `visit` for every in-use span.
-pub fn verify(mut visit: impl FnMut(*mut Span) -> Result<(), crate::debug::VerifyError>) -> Result<(), crate::debug::VerifyError> {
+pub fn verify(
+    mut visit: impl FnMut(*mut Span) -> Result<(), crate::debug::VerifyError>,
+) -> Result<(), crate::debug::VerifyError> {
     use crate::debug::VerifyError as E;
     let h = HEAP.lock();
     let (base, _) = range();
@@ -598,11 +653,17 @@ pub fn verify(mut visit: impl FnMut(*mut Span) -> Result<(), crate::debug::Verif
         let st = sp.state.load(Relaxed);
         if st == span::FREE {
             if v & FREE_TAG == 0 || load(sp.end() - PAGE_SIZE) != v {
-                return Err(E::new("free span's ends are not tagged in the page map", addr));
+                return Err(E::new(
+                    "free span's ends are not tagged in the page map",
+                    addr,
+                ));
             }
             for i in 1..sp.npages.saturating_sub(1) {
                 if load(addr + i * PAGE_SIZE) != 0 {
-                    return Err(E::new("stale page-map entry inside a free span", addr + i * PAGE_SIZE));
+                    return Err(E::new(
+                        "stale page-map entry inside a free span",
+                        addr + i * PAGE_SIZE,
+                    ));
                 }
             }
             if prev_free {
@@ -614,7 +675,10 @@ pub fn verify(mut visit: impl FnMut(*mut Span) -> Result<(), crate::debug::Verif
             inuse += sp.npages;
             for i in 0..sp.npages {
                 if load(addr + i * PAGE_SIZE) != s as usize {
-                    return Err(E::new("page map entry does not point to its span", addr + i * PAGE_SIZE));
+                    return Err(E::new(
+                        "page map entry does not point to its span",
+                        addr + i * PAGE_SIZE,
+                    ));
                 }
             }
             if span_of(addr) != s || span_of(sp.end() - 1) != s {

@@ -21,7 +21,9 @@ pub mod sizeclass;
 pub mod span;
 
 use core::ptr;
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering::Acquire, Ordering::Relaxed, Ordering::Release};
+use core::sync::atomic::{
+    AtomicU64, AtomicU8, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 
 use crate::config;
 use crate::sys::{fatal::fatal, os, rseq};
@@ -47,7 +49,10 @@ pub fn ensure_init() -> bool {
         FAILED => return false,
         _ => {}
     }
-    if INIT.compare_exchange(UNINIT, RUNNING, Acquire, Relaxed).is_ok() {
+    if INIT
+        .compare_exchange(UNINIT, RUNNING, Acquire, Relaxed)
+        .is_ok()
+    {
         let ok = init_once();
         INIT.store(if ok { READY } else { FAILED }, Release);
         if ok {
@@ -68,8 +73,11 @@ pub fn is_ready() -> bool {
 fn init_once() -> bool {
     config::load();
     let ncpu = os::possible_cpus();
-    heap::init(config::RESERVE.load(Relaxed), config::DECAY_MS.load(Relaxed), config::RETAIN.load(Relaxed))
-        && central::init()
+    heap::init(
+        config::RESERVE.load(Relaxed),
+        config::DECAY_MS.load(Relaxed),
+        config::RETAIN.load(Relaxed),
+    ) && central::init()
         && cache::init(ncpu, rseq::init(config::USE_RSEQ.load(Relaxed)))
 }
 
@@ -170,7 +178,9 @@ pub fn alloc_large(size: usize, align: usize, noscan: bool, zero: bool) -> *mut 
     if !ensure_init() {
         return ptr::null_mut();
     }
-    let Some(rounded) = size.checked_add(PAGE_SIZE - 1) else { return ptr::null_mut() };
+    let Some(rounded) = size.max(1).checked_add(PAGE_SIZE - 1) else {
+        return ptr::null_mut();
+    };
     let npages = rounded / PAGE_SIZE;
     if npages == 0 || npages > heap::range().1 / PAGE_SIZE {
         return ptr::null_mut();
@@ -247,7 +257,7 @@ pub fn alloc_c(size: usize) -> *mut u8 {
 
 /// C allocation with alignment (posix_memalign and friends): `align` is a power of two.
 pub fn alloc_c_aligned(size: usize, align: usize) -> *mut u8 {
-    if align <= 16 {
+    if align <= 8 {
         return alloc_c(size);
     }
     match sizeclass::class_for(size, align) {
@@ -275,6 +285,9 @@ pub enum Owner {
 pub fn owner_of(p: usize, what: Op) -> Owner {
     let s = heap::span_of(p);
     if s.is_null() {
+        if heap::is_committed(p) {
+            bad_pointer(p, what, "memory that is not allocated (a double free?)");
+        }
         bad_pointer(p, what, "a pointer magpie never returned");
     }
     // SAFETY: the page map is exact: span_of returns live, in-use span records.
@@ -319,7 +332,10 @@ fn bad_pointer(p: usize, what: Op, kind: &str) -> ! {
         Op::UsableSize => "malloc_usable_size",
     };
     let _ = core::fmt::Write::write_fmt(&mut b, format_args!("{op}() of {kind}:"));
-    fatal(core::str::from_utf8(b.as_bytes()).unwrap_or("invalid pointer:"), Some(p))
+    fatal(
+        core::str::from_utf8(b.as_bytes()).unwrap_or("invalid pointer:"),
+        Some(p),
+    )
 }
 
 /// Frees `p` (not null). Aborts on a double free, a foreign pointer or an
@@ -334,7 +350,10 @@ pub fn free(p: *mut u8) {
                 double_free(p);
             }
             st.store(span::SLOT_FREE, Relaxed);
-            let e = Entry { ptr: p, state: st as *const AtomicU8 as usize };
+            let e = Entry {
+                ptr: p,
+                state: st as *const AtomicU8 as usize,
+            };
             let sc = s.spanclass as usize;
             if !cache::push(sc, e) {
                 free_slow(sc, e);
@@ -363,14 +382,16 @@ fn free_slow(sc: usize, e: Entry) {
 
 #[cold]
 fn free_large(s: &'static span::Span) {
-    if s.large_alloc.swap(span::SLOT_FREE, Relaxed) != span::SLOT_ALLOCATED {
+    let _g = guard::enter();
+    // The state is checked and cleared under the heap lock, so a fork never
+    // sees the object freed but its span still in use.
+    let bytes = s.npages * PAGE_SIZE;
+    // SAFETY: s is a large span; free_large_span frees it only if allocated.
+    if !unsafe { heap::free_large_span(s as *const span::Span as *mut span::Span) } {
         double_free(s.base);
     }
-    let _g = guard::enter();
     LARGE_FREES.fetch_add(1, Relaxed);
-    LARGE_FREE_BYTES.fetch_add((s.npages * PAGE_SIZE) as u64, Relaxed);
-    // SAFETY: the object was just freed; nothing refers to the span any more.
-    unsafe { heap::free_span(s as *const span::Span as *mut span::Span) };
+    LARGE_FREE_BYTES.fetch_add(bytes as u64, Relaxed);
 }
 
 /// Bytes usable at `p` (not null).
@@ -424,7 +445,10 @@ pub fn realloc_with(
                 fatal("realloc() of freed memory at", Some(addr));
             }
             let cap = s.npages * PAGE_SIZE;
-            if new_size > MAX_SMALL && new_size <= cap && new_size.div_ceil(PAGE_SIZE) * 2 > s.npages {
+            if new_size > MAX_SMALL
+                && new_size <= cap
+                && new_size.div_ceil(PAGE_SIZE) * 2 > s.npages
+            {
                 return p;
             }
             if new_size > cap {
@@ -457,6 +481,7 @@ pub fn trim() -> usize {
         return 0;
     }
     let _g = guard::enter();
+    cache::drain_all_cpus();
     central::flush_transfer();
     heap::release_all()
 }

@@ -114,7 +114,14 @@ pub unsafe fn pop(off: isize, caches: usize, ncpu: usize, hdr_off: usize) -> (us
 /// # Safety
 /// As for [`pop`].
 #[inline(always)]
-pub unsafe fn push(off: isize, caches: usize, ncpu: usize, hdr_off: usize, ptr: usize, state: usize) -> usize {
+pub unsafe fn push(
+    off: isize,
+    caches: usize,
+    ncpu: usize,
+    hdr_off: usize,
+    ptr: usize,
+    state: usize,
+) -> usize {
     let r: usize;
     // SAFETY: as for pop; entries above `current` are scratch until the commit.
     unsafe {
@@ -352,13 +359,19 @@ pub unsafe fn push_batch(off: isize, a: &BatchArgs) -> usize {
 }
 
 /// Carves `size` bytes aligned to `amask + 1` from the current CPU's tiny block.
-/// Tiny word: `block << 16 | count << 8 | offset`, 0 when the CPU has no block.
+/// Tiny word: see `cache::tiny_word`; 0 when the CPU has no block.
 /// Returns the object, or 0 when it does not fit (or no valid CPU).
 ///
 /// # Safety
-/// As for [`pop`]; size <= 16, amask + 1 a power of two <= 8.
+/// As for [`pop`]; size < 16, amask + 1 a power of two <= 8.
 #[inline(always)]
-pub unsafe fn tiny_alloc(off: isize, caches: usize, ncpu: usize, size: usize, amask: usize) -> usize {
+pub unsafe fn tiny_alloc(
+    off: isize,
+    caches: usize,
+    ncpu: usize,
+    size: usize,
+    amask: usize,
+) -> usize {
     let r: usize;
     // SAFETY: as for pop; the commit is the single store of the tiny word.
     unsafe {
@@ -375,7 +388,8 @@ pub unsafe fn tiny_alloc(off: isize, caches: usize, ncpu: usize, size: usize, am
             "mov {w}, qword ptr [{c} + {tiny}]",
             "test {w}, {w}",
             "jz 7f",
-            "movzx {t:e}, {w:l}",
+            "mov {t:e}, {w:e}",
+            "and {t:e}, 31",
             "add {t}, {amask}",
             "mov {e}, {amask}",
             "not {e}",
@@ -383,12 +397,14 @@ pub unsafe fn tiny_alloc(off: isize, caches: usize, ncpu: usize, size: usize, am
             "lea {e}, [{t} + {size}]",
             "cmp {e}, 16",
             "ja 7f",
-            "and {w}, -256",
+            "and {w}, -32",
             "or {w}, {e}",
-            "add {w}, 256",
+            "lea {e}, [{t} + 5]",
+            "bts {w}, {e}",
             "mov qword ptr [{c} + {tiny}], {w}",
             "4:",
-            "shr {w}, 16",
+            "shr {w}, 21",
+            "shl {w}, 4",
             "add {w}, {t}",
             "jmp 6f",
             "7:",

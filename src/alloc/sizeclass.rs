@@ -56,10 +56,7 @@ const fn make_table() -> Table {
             alloc += PAGE_SIZE;
         }
         let np = alloc / PAGE_SIZE;
-        if n > 1
-            && np == npages[n - 1] as usize
-            && alloc / s == alloc / (size[n - 1] as usize)
-        {
+        if n > 1 && np == npages[n - 1] as usize && alloc / s == alloc / (size[n - 1] as usize) {
             size[n - 1] = s as u32;
         } else {
             assert!(n < NUM_CLASSES, "more size classes than Go's");
@@ -138,10 +135,17 @@ pub fn class_of(size: usize) -> usize {
 #[inline]
 pub fn class_for(size: usize, align: usize) -> Option<usize> {
     if align <= 8 {
-        return if size <= MAX_SMALL { Some(class_of(size.max(1))) } else { None };
+        return if size <= MAX_SMALL {
+            Some(class_of(size.max(1)))
+        } else {
+            None
+        };
+    }
+    if align > PAGE_SIZE || size > MAX_SMALL {
+        return None;
     }
     let s = (size.max(1) + align - 1) & !(align - 1);
-    if s > MAX_SMALL || align > PAGE_SIZE {
+    if s > MAX_SMALL {
         return None;
     }
     let mut c = class_of(s);
@@ -262,7 +266,9 @@ mod tests {
     fn aligned_lookup_gives_aligned_slots() {
         let mut align = 1;
         while align <= PAGE_SIZE {
-            for s in [1, 7, 8, 15, 16, 17, 24, 33, 100, 1000, 4095, 4096, 5000, 20000, MAX_SMALL] {
+            for s in [
+                1, 7, 8, 15, 16, 17, 24, 33, 100, 1000, 4095, 4096, 5000, 20000, MAX_SMALL,
+            ] {
                 if let Some(c) = class_for(s, align) {
                     let size = size_of_class(c);
                     assert!(size >= s);

@@ -10,8 +10,10 @@
 //!   pointer is caught), and the collector asks it whether a slot is allocated.
 //!   A byte rather than a bit, so that threads on different CPUs update
 //!   neighbouring slots without read-modify-write.
-//! - `tiny_live` (tiny spans only, 1 byte per 16-byte block): the block's live
-//!   sub-object count, biased while a per-CPU cache still carves the block.
+//! - `tiny_state` (tiny spans only, 32 bits per 16-byte block): which offsets
+//!   of the block start objects (low 16 bits, published when the carving CPU
+//!   lets the block go) and which of those were freed (high 16 bits); see
+//!   `cache::tiny_free`.
 
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
@@ -76,7 +78,7 @@ pub struct Span {
     /// Free spans: when they became free (ms), for the scavenger's delay.
     pub free_since_ms: u64,
     pub free_bits: *mut u64,
-    pub tiny_live: *const AtomicU8,
+    pub tiny_state: *const AtomicU32,
     /// The metadata block holding the bitmaps of a small span, and its size.
     bits_block: *mut u8,
     bits_size: usize,
@@ -124,7 +126,8 @@ impl Span {
         let size = sizeclass::size_of_class(class);
         let n = self.npages * PAGE_SIZE / size;
         let words = n.div_ceil(64);
-        let bytes = words * 8 + n + if tiny { n } else { 0 };
+        let tiny_bytes = if tiny { n * 4 } else { 0 };
+        let bytes = words * 8 + tiny_bytes + n;
         let block = meta::alloc(bytes);
         if block.is_null() {
             return false;
@@ -132,13 +135,21 @@ impl Span {
         self.bits_block = block;
         self.bits_size = bytes;
         self.free_bits = block as *mut u64;
-        // SAFETY: the block holds words*8 bytes of bitmap, then n state bytes,
-        // then (tiny) n count bytes, all zeroed.
+        // SAFETY: the block holds words*8 bytes of bitmap, then (tiny) n
+        // 4-byte block states, then n slot-state bytes, all zeroed.
         unsafe {
-            self.alloc = block.add(words * 8) as *const AtomicU8;
-            self.tiny_live = if tiny { block.add(words * 8 + n) as *const AtomicU8 } else { ptr::null() };
+            self.tiny_state = if tiny {
+                block.add(words * 8) as *const AtomicU32
+            } else {
+                ptr::null()
+            };
+            self.alloc = block.add(words * 8 + tiny_bytes) as *const AtomicU8;
             for w in 0..words {
-                let bits = if (w + 1) * 64 <= n { !0u64 } else { (1u64 << (n - w * 64)) - 1 };
+                let bits = if (w + 1) * 64 <= n {
+                    !0u64
+                } else {
+                    (1u64 << (n - w * 64)) - 1
+                };
                 *self.free_bits.add(w) = bits;
             }
         }
@@ -178,7 +189,7 @@ impl Span {
             self.bits_block = ptr::null_mut();
             self.free_bits = ptr::null_mut();
             self.alloc = ptr::null();
-            self.tiny_live = ptr::null();
+            self.tiny_state = ptr::null();
         }
     }
 
@@ -202,12 +213,12 @@ impl Span {
         unsafe { &*self.alloc.add(i) }
     }
 
-    /// The live count of tiny block `i`.
+    /// The carved/freed state of tiny block `i`.
     #[inline(always)]
-    pub fn tiny_count(&self, i: usize) -> &AtomicU8 {
+    pub fn tiny_state(&self, i: usize) -> &AtomicU32 {
         debug_assert!(self.tiny && i < self.nelems as usize);
-        // SAFETY: tiny spans have nelems count bytes.
-        unsafe { &*self.tiny_live.add(i) }
+        // SAFETY: tiny spans have nelems block states.
+        unsafe { &*self.tiny_state.add(i) }
     }
 
     #[inline]
@@ -232,7 +243,10 @@ impl Span {
                 let b = word.trailing_zeros() as usize;
                 *word &= *word - 1;
                 let i = w * 64 + b;
-                out[n] = Entry { ptr: self.slot_addr(i), state: self.slot_state(i) as *const _ as usize };
+                out[n] = Entry {
+                    ptr: self.slot_addr(i),
+                    state: self.slot_state(i) as *const _ as usize,
+                };
                 n += 1;
                 self.nfree -= 1;
             }
@@ -271,7 +285,10 @@ pub struct SpanList {
 
 impl SpanList {
     pub const fn new() -> Self {
-        SpanList { head: ptr::null_mut(), len: 0 }
+        SpanList {
+            head: ptr::null_mut(),
+            len: 0,
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -50,9 +50,9 @@ impl Rng {
     fn size(&mut self) -> usize {
         let r = self.next();
         match r % 16 {
-            0..=9 => 8 + (r >> 8) as usize % 56,    // 8..64
+            0..=9 => 8 + (r >> 8) as usize % 56,     // 8..64
             10..=13 => 64 + (r >> 8) as usize % 448, // 64..512
-            _ => 512 + (r >> 8) as usize % 3584,    // 512..4096
+            _ => 512 + (r >> 8) as usize % 3584,     // 512..4096
         }
     }
 }
@@ -121,7 +121,11 @@ fn producer_consumer<A: GlobalAlloc + Sync>(a: &A, objects: usize, seed: u64) ->
                 unsafe { (p as *mut usize).write(size) };
                 batch.push((p, size));
                 if batch.len() == 256 {
-                    tx.send(Batch(std::mem::replace(&mut batch, Vec::with_capacity(256)))).unwrap();
+                    tx.send(Batch(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(256),
+                    )))
+                    .unwrap();
                 }
             }
             tx.send(Batch(batch)).unwrap();

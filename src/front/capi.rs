@@ -108,7 +108,11 @@ pub unsafe extern "C" fn magpie_reallocarray(p: *mut c_void, n: usize, size: usi
 /// # Safety
 /// `out` must be valid for a pointer-sized write.
 #[no_mangle]
-pub unsafe extern "C" fn magpie_posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> i32 {
+pub unsafe extern "C" fn magpie_posix_memalign(
+    out: *mut *mut c_void,
+    align: usize,
+    size: usize,
+) -> i32 {
     if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
@@ -161,7 +165,10 @@ pub extern "C" fn magpie_pvalloc(size: usize) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
-    nomem(engine::alloc_c_aligned((s & !(OS_PAGE - 1)).max(OS_PAGE), OS_PAGE))
+    nomem(engine::alloc_c_aligned(
+        (s & !(OS_PAGE - 1)).max(OS_PAGE),
+        OS_PAGE,
+    ))
 }
 
 /// `malloc_usable_size`: bytes usable at `p` (0 for NULL), at least what was asked.
@@ -194,16 +201,16 @@ pub unsafe extern "C" fn magpie_fill_mallinfo2(mi: *mut [usize; 10]) {
     let s = crate::stats::stats();
     let small_live = s.live_bytes.saturating_sub(s.large_live_bytes) as usize;
     let v = [
-        s.heap_committed as usize,                 // arena: bytes obtained from the OS
-        0,                                         // ordblks: free chunks (not tracked)
-        0,                                         // smblks
-        0,                                         // hblks
-        s.large_live_bytes as usize,               // hblkhd: bytes in large objects
-        0,                                         // usmblks
-        0,                                         // fsmblks
-        small_live + s.large_live_bytes as usize,  // uordblks: bytes in use
-        s.heap_free as usize,                      // fordblks: free bytes
-        s.heap_free_resident as usize,             // keepcost: releasable bytes
+        s.heap_committed as usize,   // arena: bytes obtained from the OS
+        0,                           // ordblks: free chunks (not tracked)
+        0,                           // smblks
+        0,                           // hblks
+        s.large_live_bytes as usize, // hblkhd: bytes in large objects
+        0,                           // usmblks
+        0,                           // fsmblks
+        small_live + s.large_live_bytes as usize, // uordblks: bytes in use
+        s.heap_free as usize,        // fordblks: free bytes
+        s.heap_free_resident as usize, // keepcost: releasable bytes
     ];
     // SAFETY: the caller guarantees mi is writable.
     unsafe { *mi = v };

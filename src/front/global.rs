@@ -39,14 +39,14 @@ unsafe impl GlobalAlloc for Magpie {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let align = layout.align();
-        let noscan = align < 8 && !crate::config::SCAN_ALL.load(core::sync::atomic::Ordering::Relaxed);
+        let noscan =
+            align < 8 && !crate::config::SCAN_ALL.load(core::sync::atomic::Ordering::Relaxed);
         engine::realloc_with(
             ptr,
             new_size,
             Some(layout.size()),
             |class| {
-                !(noscan && new_size < 16)
-                    && sizeclass::class_for(new_size, align) == Some(class)
+                !(noscan && new_size < 16) && sizeclass::class_for(new_size, align) == Some(class)
             },
             || engine::alloc_rust(new_size, align, false),
         )

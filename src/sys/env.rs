@@ -42,8 +42,13 @@ pub fn get_u64(name: &str, default: u64, min: u64, max: u64) -> u64 {
         Some(n) if n >= min && n <= max => n,
         _ => {
             let mut b = crate::sys::fatal::StackBuf::<64>::new();
-            let _ = core::fmt::Write::write_fmt(&mut b, format_args!("an integer in {min}..={max}"));
-            bad_value(name, v, core::str::from_utf8(b.as_bytes()).unwrap_or("an integer"));
+            let _ =
+                core::fmt::Write::write_fmt(&mut b, format_args!("an integer in {min}..={max}"));
+            bad_value(
+                name,
+                v,
+                core::str::from_utf8(b.as_bytes()).unwrap_or("an integer"),
+            );
             default
         }
     }
@@ -75,7 +80,11 @@ pub fn get_choice(name: &str, choices: &[&str], default: usize) -> usize {
         let _ = core::fmt::Write::write_str(&mut b, if i == 0 { "" } else { "|" });
         let _ = core::fmt::Write::write_str(&mut b, c);
     }
-    bad_value(name, v, core::str::from_utf8(b.as_bytes()).unwrap_or("a known word"));
+    bad_value(
+        name,
+        v,
+        core::str::from_utf8(b.as_bytes()).unwrap_or("a known word"),
+    );
     default
 }
 

@@ -114,7 +114,9 @@ pub unsafe fn check(p: *const u8, len: usize, seed: u64) -> Option<usize> {
     }
     let rest = chunks.remainder();
     let w = word(seed, k).to_le_bytes();
-    (0..rest.len()).find(|&j| rest[j] != w[j]).map(|j| k as usize * 8 + j)
+    (0..rest.len())
+        .find(|&j| rest[j] != w[j])
+        .map(|j| k as usize * 8 + j)
 }
 
 /// Runs this test binary again with `env` set and `args`, returning its output.
@@ -144,3 +146,55 @@ pub fn set_errno(v: i32) {
 }
 
 pub const MIB: usize = 1 << 20;
+
+/// Like [`reexec`], but kills the child (SIGKILL) after `secs` seconds; the
+/// second value says whether that happened.
+pub fn reexec_timeout(env: &[(&str, &str)], args: &[&str], secs: u64) -> (Output, bool) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut c = Command::new(exe);
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().expect("spawn the test binary");
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = so.read_to_end(&mut v);
+        v
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = se.read_to_end(&mut v);
+        v
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("wait");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let stdout = t1.join().unwrap();
+    let stderr = t2.join().unwrap();
+    (
+        Output {
+            status,
+            stdout,
+            stderr,
+        },
+        timed_out,
+    )
+}
