@@ -142,17 +142,12 @@ fn lock(sc: usize) -> Guard<'static> {
 /// A new span of class `sc` from the page heap, or null.
 fn new_span(sc: usize) -> *mut Span {
     let class = class_of_sc(sc);
-    let (s, _) = heap::alloc_span(sizeclass::pages_of_class(class), PAGE_SIZE);
-    if s.is_null() {
-        return s;
+    let (s, _) = heap::alloc_span(sizeclass::pages_of_class(class), PAGE_SIZE, |s| {
+        s.init_small(class, noscan_of_sc(sc), sc == TINY_SC, sc as u8)
+    });
+    if !s.is_null() {
+        SPANS_CREATED.fetch_add(1, Relaxed);
     }
-    // SAFETY: s is a fresh span only we know about.
-    if !unsafe { (*s).init_small(class, noscan_of_sc(sc), sc == TINY_SC, sc as u8) } {
-        // SAFETY: still only ours.
-        unsafe { heap::free_span(s) };
-        return ptr::null_mut();
-    }
-    SPANS_CREATED.fetch_add(1, Relaxed);
     s
 }
 

@@ -385,11 +385,16 @@ fn now_ms() -> u64 {
 }
 
 /// A fresh span of `npages` pages whose base is a multiple of `align` bytes
-/// (a power of two, at least PAGE_SIZE), in state FREE for the caller to
-/// initialise, with every page mapped to it. Returns the span and whether its
-/// memory must be zeroed before it is handed out as zeroed; null when the
-/// heap cannot grow.
-pub fn alloc_span(npages: usize, align: usize) -> (*mut Span, bool) {
+/// (a power of two, at least PAGE_SIZE), with every page mapped to it,
+/// initialised by `init` under the heap lock (so that a fork never sees a span
+/// half made; `init` may take the metadata lock, nothing else). Returns the
+/// span and whether its memory must be zeroed before it is handed out as
+/// zeroed; null when the heap cannot grow or `init` fails.
+pub fn alloc_span(
+    npages: usize,
+    align: usize,
+    init: impl FnOnce(&mut Span) -> bool,
+) -> (*mut Span, bool) {
     debug_assert!(npages > 0 && align.is_power_of_two() && align >= PAGE_SIZE);
     let mut h = HEAP.lock();
     h.maybe_scavenge();
@@ -448,6 +453,14 @@ pub fn alloc_span(npages: usize, align: usize) -> (*mut Span, bool) {
         h.inuse_pages += npages;
         let needs_zero = (*s).dirty_pages != 0;
         (*s).dirty_pages = 0;
+        if !init(&mut *s) {
+            (*s).dirty_pages = npages;
+            h.free_pages += npages;
+            h.free_dirty_pages += npages;
+            h.inuse_pages -= npages;
+            h.add_free(s);
+            return (ptr::null_mut(), false);
+        }
         set_pages(s as usize, (*s).base, npages);
         (s, needs_zero)
     }

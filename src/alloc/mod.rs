@@ -186,15 +186,15 @@ pub fn alloc_large(size: usize, align: usize, noscan: bool, zero: bool) -> *mut 
         return ptr::null_mut();
     }
     let _g = guard::enter();
-    let (s, needs_zero) = heap::alloc_span(npages, align.max(PAGE_SIZE));
+    let (s, needs_zero) = heap::alloc_span(npages, align.max(PAGE_SIZE), |s| {
+        s.init_large(noscan);
+        true
+    });
     if s.is_null() {
         return ptr::null_mut();
     }
     // SAFETY: s is a fresh span only this thread knows.
-    let base = unsafe {
-        (*s).init_large(noscan);
-        (*s).base
-    };
+    let base = unsafe { (*s).base };
     if zero && needs_zero {
         // SAFETY: the span's pages are committed and ours.
         unsafe { ptr::write_bytes(base as *mut u8, 0, size) };
