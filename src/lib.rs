@@ -22,12 +22,21 @@ pub mod alloc;
 pub mod config;
 pub mod debug;
 pub mod front;
+pub mod gc;
 pub mod stats;
 pub mod sys;
 
 pub use front::capi::*;
 pub use front::global::Magpie;
+pub use gc::managed::{magpie_gc_collect, magpie_gc_malloc, magpie_gc_malloc_atomic, Gc};
+pub use gc::{GcStats, Mode};
 pub use stats::{stats, ClassStats, Stats};
+
+/// Runs a full garbage collection now. Returns false if the collector is off
+/// (`MAGPIE_GC=off`) or the cycle was abandoned because a thread did not stop.
+pub fn collect() -> bool {
+    gc::collect_now()
+}
 
 /// Returns free memory (empty spans, free pages) to the OS. Returns bytes released.
 pub fn trim() -> usize {

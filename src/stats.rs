@@ -59,6 +59,8 @@ pub struct Stats {
     pub cpus: usize,
     /// Indexed by size class (0 unused).
     pub classes: [ClassStats; sizeclass::NUM_CLASSES],
+    /// The garbage collector.
+    pub gc: crate::gc::GcStats,
 }
 
 /// The current statistics. Allocation-free; safe to call at any time.
@@ -134,6 +136,7 @@ pub fn stats() -> Stats {
         },
         cpus: cache::ncaches() / 2,
         classes,
+        gc: crate::gc::stats(),
     }
 }
 
@@ -195,6 +198,47 @@ pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
         "  caches      per-CPU, {}, {} CPUs",
         s.cache_mode, s.cpus
     )?;
+    let g = &s.gc;
+    if g.mode != "off" {
+        writeln!(
+            out,
+            "  collector   {}: {} cycles ({} abandoned), {} reclaimed in {} objects",
+            g.mode,
+            g.cycles,
+            g.abandoned,
+            Bytes(g.reclaimed_bytes),
+            g.reclaimed_objects
+        )?;
+        let us = |ns: u64| ns as f64 / 1000.0;
+        writeln!(
+            out,
+            "  pauses      p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs, total {:.1} ms (roots {:.1} ms, heap {:.1} ms, termination {:.1} ms; sweep {:.1} ms)",
+            us(g.pause_p50_ns),
+            us(g.pause_p99_ns),
+            us(g.pause_max_ns),
+            us(g.pause_total_ns) / 1000.0,
+            us(g.root_scan_ns) / 1000.0,
+            us(g.heap_mark_ns) / 1000.0,
+            us(g.termination_ns) / 1000.0,
+            us(g.sweep_ns) / 1000.0
+        )?;
+        writeln!(
+            out,
+            "  last cycle  heap {} before, {} after, {} marked live; next at {}",
+            Bytes(g.heap_before_last),
+            Bytes(g.heap_after_last),
+            Bytes(g.marked_bytes_last),
+            Bytes(g.next_gc_bytes)
+        )?;
+        if g.unreachable_objects > 0 {
+            writeln!(
+                out,
+                "  unreachable {} objects, {} not freed (leakcheck)",
+                g.unreachable_objects,
+                Bytes(g.unreachable_bytes)
+            )?;
+        }
+    }
     writeln!(
         out,
         "  size classes with allocations (size: allocations / live objects / spans):"

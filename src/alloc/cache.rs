@@ -99,7 +99,7 @@ fn hdr_end(h: u64) -> usize {
 
 /// Maps and initialises `2 * ncpu` caches (rseq set, then locked set).
 pub fn init(ncpu: usize, rseq_off: Option<isize>) -> bool {
-    let base = os::map_rw(STRIDE * 2 * ncpu);
+    let base = os::map_owned(STRIDE * 2 * ncpu);
     if base.is_null() {
         return false;
     }
@@ -584,7 +584,7 @@ pub fn retire_tiny(w: usize) {
 /// every carved object is freed. Whichever of the last free and the retire
 /// comes second sees the complete picture and frees the block, exactly once.
 pub fn tiny_free(s: &span::Span, i: usize, p: usize) {
-    if s.slot_state(i).load(Relaxed) != span::SLOT_ALLOCATED {
+    if !span::is_allocated(s.slot_state(i).load(Relaxed)) {
         fatal("double free (or free of memory not allocated) at", Some(p));
     }
     let b = p & 15;

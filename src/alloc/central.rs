@@ -182,6 +182,12 @@ pub fn refill(sc: usize, out: &mut [Entry]) -> usize {
         }
         // SAFETY: spans on the partial list are live and guarded by the lock.
         unsafe {
+            // Sweep before handing out slots (Go's rule): an object allocated
+            // from this span must never be swept by the cycle that is ending.
+            if (*s).sweepgen.load(Relaxed) != crate::gc::sweepgen() {
+                sweep_locked(&mut g, s);
+                continue;
+            }
             n += (*s).take_slots(&mut out[n..]);
             if (*s).nfree == 0 {
                 g.inner.partial.remove(s);
@@ -239,6 +245,100 @@ fn return_slot(g: &mut Guard<'_>, p: usize) {
             g.inner.partial.push(s);
         }
     }
+}
+
+/// What sweeping a span did.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Swept {
+    /// Objects (and bytes) found unreachable.
+    pub objects: u64,
+    pub bytes: u64,
+    /// Of those, freed (collect mode, or GC-managed).
+    pub freed_objects: u64,
+    pub freed_bytes: u64,
+}
+
+/// Sweeps small span `s` if it still needs it: unmarked allocated objects are
+/// unreachable; they are freed if GC-managed or in collect mode (else left
+/// and reported by `on_leak`). Clears the marks; stamps the span swept.
+pub fn sweep(s: *mut Span, collect: bool, on_leak: &mut dyn FnMut(usize, usize)) -> Swept {
+    // SAFETY: s is a span record found through the page map (type-stable);
+    // its class and state are re-checked under the class lock.
+    let sc = unsafe { (*s).spanclass as usize };
+    if sc < 2 || sc >= NUM_SPANCLASSES {
+        return Swept::default();
+    }
+    let mut g = lock(sc);
+    // SAFETY: under the class lock the span cannot change class or state.
+    unsafe {
+        if !span::is_slotted((*s).state.load(Relaxed)) || (*s).spanclass as usize != sc {
+            return Swept::default();
+        }
+        sweep_span_locked(&mut g, s, collect, on_leak)
+    }
+}
+
+fn sweep_locked(g: &mut Guard<'_>, s: *mut Span) {
+    let collect = crate::gc::mode() == crate::gc::Mode::Collect;
+    // SAFETY: s is on this class's partial list, under the lock.
+    let r = unsafe { sweep_span_locked(g, s, collect, &mut |_, _| {}) };
+    crate::gc::note_lazy_sweep(r);
+}
+
+/// # Safety
+/// `s` is a live small span of the locked class.
+unsafe fn sweep_span_locked(
+    g: &mut Guard<'_>,
+    s: *mut Span,
+    collect: bool,
+    on_leak: &mut dyn FnMut(usize, usize),
+) -> Swept {
+    let mut r = Swept::default();
+    // SAFETY: the caller's contract.
+    let sp = unsafe { &mut *s };
+    let gen = crate::gc::sweepgen();
+    if sp.sweepgen.load(Relaxed) == gen {
+        return r;
+    }
+    let size = sp.elemsize as usize;
+    let mut freed_any = false;
+    for i in 0..sp.nelems as usize {
+        let st = sp.slot_state(i).load(Relaxed);
+        if !span::is_allocated(st) || sp.is_marked(i) {
+            continue;
+        }
+        r.objects += 1;
+        r.bytes += size as u64;
+        if collect || st == span::SLOT_MANAGED {
+            sp.slot_state(i).store(span::SLOT_FREE, Relaxed);
+            sp.put_slot(i);
+            r.freed_objects += 1;
+            r.freed_bytes += size as u64;
+            freed_any = true;
+        } else {
+            on_leak(sp.slot_addr(i), size);
+        }
+    }
+    sp.clear_marks();
+    sp.sweepgen.store(gen, Relaxed);
+    if freed_any {
+        if sp.nfree == sp.nelems {
+            if sp.in_partial {
+                // SAFETY: on this class's list.
+                unsafe { g.inner.partial.remove(s) };
+                sp.in_partial = false;
+            }
+            g.inner.nspans -= 1;
+            SPANS_RELEASED.fetch_add(1, Relaxed);
+            // SAFETY: no slot of the span is out any more.
+            unsafe { heap::free_span(s) };
+        } else if !sp.in_partial {
+            sp.in_partial = true;
+            // SAFETY: not on any list.
+            unsafe { g.inner.partial.push(s) };
+        }
+    }
+    r
 }
 
 /// Empties the transfer caches into the spans (trim, and the collector's mark

@@ -28,8 +28,15 @@ pub fn enter() -> Guard {
 impl Drop for Guard {
     #[inline]
     fn drop(&mut self) {
-        DEPTH.with(|d| d.set(d.get() - 1));
-        // The collector's "stop pending" check goes here (collector issue).
+        let depth = DEPTH.with(|d| {
+            let v = d.get() - 1;
+            d.set(v);
+            v
+        });
+        if depth == 0 {
+            // A stop signal found this thread inside the allocator: stop now.
+            crate::gc::stop::stop_if_pending();
+        }
     }
 }
 

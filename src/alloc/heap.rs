@@ -46,6 +46,15 @@ static MAP: Map = Map {
 /// for lock-free readers).
 static COMMITTED_END: AtomicUsize = AtomicUsize::new(0);
 
+/// Pages held by in-use spans (mirrors `Inner::inuse_pages` for lock-free
+/// readers: the collector's pacer).
+static INUSE_PAGES: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes held by in-use spans.
+pub fn in_use_bytes() -> usize {
+    INUSE_PAGES.load(Relaxed) * PAGE_SIZE
+}
+
 /// True if `addr` lies in memory the heap has committed (used or free).
 pub fn is_committed(addr: usize) -> bool {
     addr >= MAP.base.load(Relaxed) && addr < COMMITTED_END.load(Relaxed)
@@ -99,12 +108,13 @@ pub fn init(max_reserve: usize, decay_ms: u64, retain: usize) -> bool {
         if !p.is_null() {
             let base = (p as usize + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
             let entries = size >> PAGE_SHIFT;
-            let pm = os::map_rw(entries * core::mem::size_of::<AtomicUsize>());
+            let pm = os::map_owned(entries * core::mem::size_of::<AtomicUsize>());
             if pm.is_null() {
                 // SAFETY: unmapping the reservation we just made.
                 unsafe { libc::munmap(p.cast(), size + PAGE_SIZE) };
                 return false;
             }
+            crate::sys::owned::register(base as *mut u8, size);
             MAP.pagemap.store(pm.cast(), Relaxed);
             MAP.size.store(size, Relaxed);
             MAP.base.store(base, Relaxed);
@@ -451,6 +461,7 @@ pub fn alloc_span(
         h.free_pages -= npages;
         h.free_dirty_pages -= (*s).dirty_pages;
         h.inuse_pages += npages;
+        INUSE_PAGES.store(h.inuse_pages, Relaxed);
         let needs_zero = (*s).dirty_pages != 0;
         (*s).dirty_pages = 0;
         if !init(&mut *s) {
@@ -458,6 +469,7 @@ pub fn alloc_span(
             h.free_pages += npages;
             h.free_dirty_pages += npages;
             h.inuse_pages -= npages;
+            INUSE_PAGES.store(h.inuse_pages, Relaxed);
             h.add_free(s);
             return (ptr::null_mut(), false);
         }
@@ -497,7 +509,7 @@ pub unsafe fn free_large_span(s: *mut Span) -> bool {
     // SAFETY: under the heap lock the span cannot change state under us.
     unsafe {
         if (*s).state.load(Relaxed) != span::LARGE
-            || (*s).large_alloc.swap(span::SLOT_FREE, Relaxed) != span::SLOT_ALLOCATED
+            || !span::is_allocated((*s).large_alloc.swap(span::SLOT_FREE, Relaxed))
         {
             return false;
         }
@@ -532,6 +544,7 @@ impl Inner {
             (*s).free_since_ms = now_ms();
             let n = (*s).npages;
             self.inuse_pages -= n;
+            INUSE_PAGES.store(self.inuse_pages, Relaxed);
             self.free_pages += n;
             self.free_dirty_pages += n;
             set_pages(0, (*s).base, n);
@@ -562,6 +575,7 @@ pub unsafe fn grow_in_place(s: *mut Span, npages: usize) -> bool {
         h.free_dirty_pages -= d;
         h.free_pages -= extra;
         h.inuse_pages += extra;
+        INUSE_PAGES.store(h.inuse_pages, Relaxed);
         let old_end = (*s).end();
         if (*r).npages == extra {
             Span::free_record(r);
@@ -577,6 +591,61 @@ pub unsafe fn grow_in_place(s: *mut Span, npages: usize) -> bool {
         set_pages(s as usize, old_end, extra);
     }
     true
+}
+
+/// Calls `f` with every in-use span, walking the page map without the heap
+/// lock: spans may come and go meanwhile, so `f` must re-check what it is given
+/// under the lock that guards it (records are type-stable).
+pub fn for_each_span(mut f: impl FnMut(*mut Span)) {
+    let (base, _) = range();
+    let mut addr = base;
+    while addr < COMMITTED_END.load(Relaxed) {
+        let e = entry(addr).map(|e| e.load(Relaxed)).unwrap_or(0);
+        let s = (e & !FREE_TAG) as *mut Span;
+        if s.is_null() {
+            addr += PAGE_SIZE;
+            continue;
+        }
+        // SAFETY: page-map entries point at span records (type-stable).
+        let (b, end, st) = unsafe { ((*s).base, (*s).end(), (*s).state.load(Relaxed)) };
+        if b != addr || end <= addr {
+            addr += PAGE_SIZE;
+            continue;
+        }
+        if e & FREE_TAG == 0 && (span::is_slotted(st) || st == span::LARGE) {
+            f(s);
+        }
+        addr = end;
+    }
+}
+
+/// Sweeps large span `s` for the cycle that just ended: an unmarked object is
+/// unreachable; it is freed when `free` says so for its state byte. Returns
+/// (object bytes if unreachable, whether freed).
+///
+/// # Safety
+/// `s` is a span record found through the page map.
+pub unsafe fn sweep_large(s: *mut Span, gen: u32, free: impl Fn(u8) -> bool) -> (usize, bool) {
+    let mut h = HEAP.lock();
+    // SAFETY: under the heap lock the span cannot change state.
+    unsafe {
+        if (*s).state.load(Relaxed) != span::LARGE || (*s).sweepgen.load(Relaxed) == gen {
+            return (0, false);
+        }
+        (*s).sweepgen.store(gen, Relaxed);
+        let st = (*s).large_alloc.load(Relaxed);
+        let marked = (*s).large_mark.swap(0, Relaxed) != 0;
+        if !span::is_allocated(st) || marked {
+            return (0, false);
+        }
+        let bytes = (*s).npages * PAGE_SIZE;
+        if free(st) {
+            (*s).large_alloc.store(span::SLOT_FREE, Relaxed);
+            h.release(s);
+            return (bytes, true);
+        }
+        (bytes, false)
+    }
 }
 
 /// Returns every free page to the OS (malloc_trim, magpie::trim). Returns bytes released.

@@ -44,7 +44,7 @@ fn bucket(size: usize) -> usize {
 /// above 64 KiB). Returns null when the OS has no memory.
 pub fn alloc(size: usize) -> *mut u8 {
     if size > 1 << MAX_SHIFT {
-        let p = os::map_rw(size);
+        let p = os::map_owned(size);
         if !p.is_null() {
             META.lock().mapped += size;
         }
@@ -63,7 +63,7 @@ pub fn alloc(size: usize) -> *mut u8 {
         return head;
     }
     if (m.chunk_end as usize) - (m.chunk_cur as usize) < bsize {
-        let c = os::map_rw(CHUNK);
+        let c = os::map_owned(CHUNK);
         if c.is_null() {
             return ptr::null_mut();
         }
@@ -96,7 +96,7 @@ pub unsafe fn free(p: *mut u8, size: usize) {
     }
     if size > 1 << MAX_SHIFT {
         // SAFETY: large blocks are whole mappings of exactly `size` bytes.
-        unsafe { libc::munmap(p.cast(), size) };
+        unsafe { os::unmap_owned(p, size) };
         META.lock().mapped -= size;
         return;
     }

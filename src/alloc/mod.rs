@@ -84,6 +84,10 @@ fn init_once() -> bool {
 /// Registrations that may allocate (glibc's atfork and atexit lists grow with
 /// malloc): done once the engine is ready, so the nested allocation just works.
 fn after_init() {
+    if crate::gc::init() && crate::gc::stress_enabled() {
+        // GC stress counts allocations on the slow path: route every one there.
+        cache::FAST.rseq_off.store(0, Relaxed);
+    }
     // SAFETY: the handlers are plain functions valid for the process's life.
     unsafe {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
@@ -96,25 +100,34 @@ fn after_init() {
 /// Before fork: take every allocator lock, in lock order, so the child inherits
 /// them free and consistent.
 extern "C" fn fork_prepare() {
+    crate::gc::lock_for_fork();
     cache::lock_for_fork();
     central::lock_for_fork();
     heap::lock_for_fork();
     meta::lock_for_fork();
+    crate::sys::owned::lock_for_fork();
 }
 
 extern "C" fn fork_parent() {
     // SAFETY: fork_prepare took these locks in this thread.
-    unsafe { release_fork_locks() };
+    unsafe {
+        release_fork_locks();
+        crate::gc::unlock_after_fork(false);
+    }
 }
 
 extern "C" fn fork_child() {
     // SAFETY: the child's only thread inherited the locks fork_prepare took.
-    unsafe { release_fork_locks() };
+    unsafe {
+        release_fork_locks();
+        crate::gc::unlock_after_fork(true);
+    }
 }
 
 unsafe fn release_fork_locks() {
     // SAFETY: forwarded from the callers.
     unsafe {
+        crate::sys::owned::unlock_after_fork();
         meta::unlock_after_fork();
         heap::unlock_after_fork();
         central::unlock_after_fork();
@@ -141,8 +154,13 @@ fn alloc_sc_slow(sc: usize) -> *mut u8 {
     if !ensure_init() {
         return ptr::null_mut();
     }
-    let _g = guard::enter();
-    cache::pop_slow(sc) as *mut u8
+    crate::gc::check_allocation_allowed();
+    let p = {
+        let _g = guard::enter();
+        cache::pop_slow(sc) as *mut u8
+    };
+    crate::gc::after_slow_alloc(p);
+    p
 }
 
 /// Allocates a pointer-free object of `size` < 16 bytes from the CPU's tiny block.
@@ -161,8 +179,13 @@ fn alloc_tiny_slow(size: usize, align: usize) -> *mut u8 {
     if !ensure_init() {
         return ptr::null_mut();
     }
-    let _g = guard::enter();
-    cache::tiny_alloc_slow(size, align) as *mut u8
+    crate::gc::check_allocation_allowed();
+    let p = {
+        let _g = guard::enter();
+        cache::tiny_alloc_slow(size, align) as *mut u8
+    };
+    crate::gc::after_slow_alloc(p);
+    p
 }
 
 /// Large-object statistics (the slow path keeps exact counts).
@@ -178,6 +201,13 @@ pub fn alloc_large(size: usize, align: usize, noscan: bool, zero: bool) -> *mut 
     if !ensure_init() {
         return ptr::null_mut();
     }
+    crate::gc::check_allocation_allowed();
+    let p = alloc_large_inner(size, align, noscan, zero);
+    crate::gc::after_slow_alloc(p);
+    p
+}
+
+fn alloc_large_inner(size: usize, align: usize, noscan: bool, zero: bool) -> *mut u8 {
     let Some(rounded) = size.max(1).checked_add(PAGE_SIZE - 1) else {
         return ptr::null_mut();
     };
@@ -346,7 +376,7 @@ pub fn free(p: *mut u8) {
     match owner_of(p, Op::Free) {
         Owner::Small(s, i) => {
             let st = s.slot_state(i);
-            if st.load(Relaxed) != span::SLOT_ALLOCATED {
+            if !span::is_allocated(st.load(Relaxed)) {
                 double_free(p);
             }
             st.store(span::SLOT_FREE, Relaxed);
@@ -420,7 +450,7 @@ pub fn realloc_with(
     let addr = p as usize;
     let old = match owner_of(addr, Op::Realloc) {
         Owner::Small(s, i) => {
-            if s.slot_state(i).load(Relaxed) != span::SLOT_ALLOCATED {
+            if !span::is_allocated(s.slot_state(i).load(Relaxed)) {
                 fatal("realloc() of freed memory at", Some(addr));
             }
             if same_class(s.class as usize) {
@@ -429,7 +459,7 @@ pub fn realloc_with(
             s.elemsize as usize
         }
         Owner::Tiny(s, i) => {
-            if s.slot_state(i).load(Relaxed) != span::SLOT_ALLOCATED {
+            if !span::is_allocated(s.slot_state(i).load(Relaxed)) {
                 fatal("realloc() of freed memory at", Some(addr));
             }
             // A tiny object can shrink in place; its own size is known only
@@ -441,7 +471,7 @@ pub fn realloc_with(
             old
         }
         Owner::Large(s) => {
-            if s.large_alloc.load(Relaxed) != span::SLOT_ALLOCATED {
+            if !span::is_allocated(s.large_alloc.load(Relaxed)) {
                 fatal("realloc() of freed memory at", Some(addr));
             }
             let cap = s.npages * PAGE_SIZE;

@@ -75,7 +75,7 @@ pub unsafe fn pop(off: isize, caches: usize, ncpu: usize, hdr_off: usize) -> (us
             "7:",
             "xor {p:e}, {p:e}",
             "6:",
-            ".pushsection magpie_alloc_windows, \"aw\"",
+            ".pushsection magpie_alloc_windows, \"awR\"",
             ".quad 4b, 9b",
             ".popsection",
             ".pushsection __rseq_cs, \"aw\"",

@@ -16,7 +16,7 @@
 //!   `cache::tiny_free`.
 
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicU8, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
 use super::meta;
 use super::sizeclass::{self, PAGE_SIZE};
@@ -38,9 +38,18 @@ pub fn is_slotted(state: u8) -> bool {
     state == SMALL || state == TINY
 }
 
-/// Values of a slot's `alloc` byte.
+/// Values of a slot's `alloc` byte: bit 0 set while the slot holds an object;
+/// bit 1 set too when the object is GC-managed (`Gc`, `magpie_gc_malloc`):
+/// reclaimed when unreachable in every mode but `off`.
 pub const SLOT_FREE: u8 = 0;
 pub const SLOT_ALLOCATED: u8 = 1;
+pub const SLOT_MANAGED: u8 = 3;
+
+/// True if a slot-state byte says the slot holds an object.
+#[inline(always)]
+pub fn is_allocated(state: u8) -> bool {
+    state & SLOT_ALLOCATED != 0
+}
 
 /// A span record. The fields `free` reads come first, so the fast path touches
 /// one cache line of it.
@@ -79,6 +88,10 @@ pub struct Span {
     pub free_since_ms: u64,
     pub free_bits: *mut u64,
     pub tiny_state: *const AtomicU32,
+    /// Small spans: the collector's mark bits, one per slot.
+    pub marks: *const AtomicU64,
+    /// Large spans: the mark bit of the object.
+    pub large_mark: AtomicU8,
     /// The metadata block holding the bitmaps of a small span, and its size.
     bits_block: *mut u8,
     bits_size: usize,
@@ -127,7 +140,7 @@ impl Span {
         let n = self.npages * PAGE_SIZE / size;
         let words = n.div_ceil(64);
         let tiny_bytes = if tiny { n * 4 } else { 0 };
-        let bytes = words * 8 + tiny_bytes + n;
+        let bytes = words * 16 + tiny_bytes + n;
         let block = meta::alloc(bytes);
         if block.is_null() {
             return false;
@@ -135,15 +148,17 @@ impl Span {
         self.bits_block = block;
         self.bits_size = bytes;
         self.free_bits = block as *mut u64;
-        // SAFETY: the block holds words*8 bytes of bitmap, then (tiny) n
-        // 4-byte block states, then n slot-state bytes, all zeroed.
+        // SAFETY: the block holds words*8 bytes of free bits, words*8 of mark
+        // bits, then (tiny) n 4-byte block states, then n slot-state bytes,
+        // all zeroed.
         unsafe {
+            self.marks = block.add(words * 8) as *const AtomicU64;
             self.tiny_state = if tiny {
-                block.add(words * 8) as *const AtomicU32
+                block.add(words * 16) as *const AtomicU32
             } else {
                 ptr::null()
             };
-            self.alloc = block.add(words * 8 + tiny_bytes) as *const AtomicU8;
+            self.alloc = block.add(words * 16 + tiny_bytes) as *const AtomicU8;
             for w in 0..words {
                 let bits = if (w + 1) * 64 <= n {
                     !0u64
@@ -163,6 +178,7 @@ impl Span {
         self.cursor = 0;
         self.in_partial = false;
         self.div_magic = sizeclass::div_magic(size);
+        self.sweepgen.store(crate::gc::sweepgen(), Relaxed);
         self.state.store(if tiny { TINY } else { SMALL }, Relaxed);
         true
     }
@@ -177,7 +193,9 @@ impl Span {
         self.nelems = 1;
         self.nfree = 0;
         self.large_alloc.store(SLOT_ALLOCATED, Relaxed);
+        self.large_mark.store(0, Relaxed);
         self.alloc = &self.large_alloc;
+        self.sweepgen.store(crate::gc::sweepgen(), Relaxed);
         self.state.store(LARGE, Relaxed);
     }
 
@@ -190,6 +208,7 @@ impl Span {
             self.free_bits = ptr::null_mut();
             self.alloc = ptr::null();
             self.tiny_state = ptr::null();
+            self.marks = ptr::null();
         }
     }
 
@@ -219,6 +238,32 @@ impl Span {
         debug_assert!(self.tiny && i < self.nelems as usize);
         // SAFETY: tiny spans have nelems block states.
         unsafe { &*self.tiny_state.add(i) }
+    }
+
+    /// Sets the mark bit of slot `i`; true if it was clear (first to mark).
+    #[inline(always)]
+    pub fn mark_slot(&self, i: usize) -> bool {
+        let bit = 1u64 << (i % 64);
+        // SAFETY: i < nelems, within the mark bitmap.
+        let w = unsafe { &*self.marks.add(i / 64) };
+        if w.load(Relaxed) & bit != 0 {
+            return false;
+        }
+        w.fetch_or(bit, Relaxed) & bit == 0
+    }
+
+    #[inline(always)]
+    pub fn is_marked(&self, i: usize) -> bool {
+        // SAFETY: i < nelems, within the mark bitmap.
+        unsafe { (*self.marks.add(i / 64)).load(Relaxed) & (1 << (i % 64)) != 0 }
+    }
+
+    /// Clears every mark bit of a small span.
+    pub fn clear_marks(&self) {
+        for w in 0..(self.nelems as usize).div_ceil(64) {
+            // SAFETY: w < words.
+            unsafe { (*self.marks.add(w)).store(0, Relaxed) };
+        }
     }
 
     #[inline]

@@ -3,5 +3,7 @@
 
 pub mod env;
 pub mod fatal;
+pub mod futex;
 pub mod os;
+pub mod owned;
 pub mod rseq;

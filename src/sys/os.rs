@@ -68,6 +68,28 @@ pub fn map_rw(size: usize) -> *mut u8 {
     }
 }
 
+/// Maps `size` bytes like [`map_rw`] and records them as magpie's own
+/// (skipped by the collector's root scan).
+pub fn map_owned(size: usize) -> *mut u8 {
+    let p = map_rw(size);
+    if !p.is_null() && !super::owned::register(p, size) {
+        // SAFETY: unmapping what we just mapped.
+        unsafe { libc::munmap(p.cast(), size) };
+        return core::ptr::null_mut();
+    }
+    p
+}
+
+/// Unmaps a range from [`map_owned`].
+///
+/// # Safety
+/// `[p, p+size)` must be a whole mapping from `map_owned`, no longer used.
+pub unsafe fn unmap_owned(p: *mut u8, size: usize) {
+    super::owned::unregister(p);
+    // SAFETY: the caller's contract.
+    unsafe { libc::munmap(p.cast(), size) };
+}
+
 /// Reads a small file (a /proc or /sys entry) into `buf` with raw syscalls.
 /// Returns the number of bytes read, or None.
 pub fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> Option<usize> {

@@ -63,3 +63,19 @@ int magpie_own_rseq_register(void) {
     }
     return 0;
 }
+
+/* The ranges [start, end) of instructions between an allocation pop's commit
+ * and the store that marks the slot allocated (see alloc/rseq_ops.rs). The
+ * linker collects them in section magpie_alloc_windows. */
+extern const uintptr_t __start_magpie_alloc_windows[] __attribute__((weak));
+extern const uintptr_t __stop_magpie_alloc_windows[] __attribute__((weak));
+
+int magpie_in_alloc_window(uintptr_t ip) {
+    const uintptr_t *p = __start_magpie_alloc_windows, *e = __stop_magpie_alloc_windows;
+    if (p == NULL || e == NULL)
+        return 0;
+    for (; p + 2 <= e; p += 2)
+        if (ip >= p[0] && ip < p[1])
+            return 1;
+    return 0;
+}

@@ -1,8 +1,5 @@
-//! The `magpie` command.
-//!
-//! `magpie` alone (or `magpie demo`) runs a built-in allocation workload twice,
-//! on magpie and on the system allocator, in one process, and prints the
-//! figures side by side. See `magpie --help`.
+//! The built-in demo: a mixed-size allocation workload run on magpie and on
+//! the system allocator in one process, figures side by side.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -10,29 +7,6 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use magpie::Magpie;
-
-const HELP: &str = "\
-magpie — a fast allocator with a conservative garbage collector
-
-USAGE:
-    magpie                 run the built-in demo (same as `magpie demo`)
-    magpie demo [--runs N] compare magpie with the system allocator on a
-                           built-in workload, in one process
-    magpie --help          this text
-
-The demo allocates and frees mixed sizes (8 B to 4 KiB, most of them small)
-with a live set of 100,000 objects, in one thread and then with two threads
-where one frees what the other allocated. It reports the median time per
-operation over several runs and magpie's ratio to the system allocator, then
-magpie's own statistics.
-
-ENVIRONMENT (read by the allocator):
-    MAGPIE_STATS=1         print a summary of the heap at exit
-    MAGPIE_RSEQ=0          use the locked per-CPU caches instead of rseq
-    MAGPIE_DECAY_MS=N      keep freed pages resident N ms before returning them (1000)
-    MAGPIE_RETAIN=BYTES    free resident memory kept before returning at once (64M)
-    MAGPIE_SCAN_ALL=1      no pointer-free spans for Rust layouts
-";
 
 /// A deterministic generator (splitmix64).
 struct Rng(u64);
@@ -150,7 +124,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn demo(runs: usize) {
+pub fn demo(runs: usize) {
     println!("magpie demo: the same workload on magpie and on the system allocator (glibc),");
     println!("alternating, median of {runs} runs each. Lower is better.\n");
     println!("| workload | magpie ns/op | system ns/op | magpie / system |");
@@ -181,39 +155,4 @@ fn demo(runs: usize) {
     let mut out = String::new();
     magpie::stats::write_summary(&mut out, &s).unwrap();
     print!("{out}");
-}
-
-fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut runs = 5;
-    let mut i = 0;
-    let mut cmd = "demo";
-    while i < args.len() {
-        match args[i].as_str() {
-            "-h" | "--help" | "help" => {
-                print!("{HELP}");
-                return;
-            }
-            "demo" => cmd = "demo",
-            "--runs" => {
-                i += 1;
-                runs = match args.get(i).and_then(|v| v.parse().ok()) {
-                    Some(n) if n > 0 => n,
-                    _ => {
-                        eprintln!("magpie: --runs needs a positive number");
-                        std::process::exit(2);
-                    }
-                };
-            }
-            other => {
-                eprintln!("magpie: unknown argument '{other}' (see magpie --help)");
-                std::process::exit(2);
-            }
-        }
-        i += 1;
-    }
-    match cmd {
-        "demo" => demo(runs),
-        _ => unreachable!(),
-    }
 }

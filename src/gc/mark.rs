@@ -1,0 +1,187 @@
+//! Conservative marking.
+//!
+//! A word marks the object it points into (interior pointers included) if the
+//! span is in use and the slot is allocated (Go's and MMTk's lesson: check
+//! both). A newly marked object that may hold pointers is pushed on the mark
+//! stack, which lives in magpie's own mapping; draining it scans objects word
+//! by word, without recursion. When the stack is full, pushes are dropped and
+//! an overflow flag set; the drain then rescans the heap for marked objects
+//! and scans them again until no push was dropped, so a deep or wide graph
+//! never crashes the collector.
+
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::alloc::{heap, sizeclass::PAGE_SIZE, span};
+use crate::sys::os;
+
+/// Mark-stack capacity in entries (16 bytes each), reserved not committed.
+const STACK_ENTRIES: usize = 16 << 20;
+
+pub struct Marker {
+    stack: *mut (usize, usize),
+    len: usize,
+    cap: usize,
+    overflowed: bool,
+    heap_lo: usize,
+    heap_hi: usize,
+    /// Bytes of objects marked.
+    pub marked_bytes: u64,
+    pub marked_objects: u64,
+    /// Bytes scanned (roots and heap objects).
+    pub scanned_bytes: u64,
+}
+
+static STACK: AtomicU64 = AtomicU64::new(0);
+
+impl Marker {
+    /// A marker with the (lazily mapped, reused) mark stack. None if the stack
+    /// cannot be mapped.
+    pub fn new() -> Option<Marker> {
+        let mut base = STACK.load(Relaxed) as *mut (usize, usize);
+        if base.is_null() {
+            base = os::map_owned(STACK_ENTRIES * 16) as *mut (usize, usize);
+            if base.is_null() {
+                return None;
+            }
+            STACK.store(base as u64, Relaxed);
+        }
+        let (lo, size) = heap::range();
+        Some(Marker {
+            stack: base,
+            len: 0,
+            cap: STACK_ENTRIES,
+            overflowed: false,
+            heap_lo: lo,
+            heap_hi: lo + size,
+            marked_bytes: 0,
+            marked_objects: 0,
+            scanned_bytes: 0,
+        })
+    }
+
+    #[inline]
+    fn push(&mut self, lo: usize, len: usize) {
+        if self.len == self.cap {
+            self.overflowed = true;
+            return;
+        }
+        // SAFETY: len < cap, inside the mark-stack mapping.
+        unsafe { *self.stack.add(self.len) = (lo, len) };
+        self.len += 1;
+    }
+
+    /// Marks the object `v` points into, if any.
+    #[inline]
+    pub fn mark_word(&mut self, v: usize) {
+        if v.wrapping_sub(self.heap_lo) >= self.heap_hi - self.heap_lo {
+            return;
+        }
+        let s = heap::span_of(v);
+        if s.is_null() {
+            return;
+        }
+        // SAFETY: span_of returns live in-use span records (the page map is exact).
+        let sp = unsafe { &*s };
+        match sp.state.load(Relaxed) {
+            span::SMALL | span::TINY => {
+                let i = sp.slot_of(v);
+                if i >= sp.nelems as usize || !span::is_allocated(sp.slot_state(i).load(Relaxed)) {
+                    return;
+                }
+                if sp.mark_slot(i) {
+                    let size = sp.elemsize as usize;
+                    self.marked_bytes += size as u64;
+                    self.marked_objects += 1;
+                    if !sp.noscan {
+                        self.push(sp.slot_addr(i), size);
+                    }
+                }
+            }
+            span::LARGE => {
+                if !span::is_allocated(sp.large_alloc.load(Relaxed)) {
+                    return;
+                }
+                if sp.large_mark.swap(1, Relaxed) == 0 {
+                    let size = sp.npages * PAGE_SIZE;
+                    self.marked_bytes += size as u64;
+                    self.marked_objects += 1;
+                    if !sp.noscan {
+                        self.push(sp.base, size);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Marks from every aligned word of `[lo, hi)`.
+    pub fn scan_range(&mut self, lo: usize, hi: usize) {
+        let mut p = (lo + 7) & !7;
+        self.scanned_bytes += hi.saturating_sub(p) as u64;
+        while p + 8 <= hi {
+            // SAFETY: the caller passes readable memory; volatile because
+            // other threads may write it (concurrent marking).
+            let v = unsafe { core::ptr::read_volatile(p as *const usize) };
+            self.mark_word(v);
+            p += 8;
+        }
+    }
+
+    /// Scans pushed objects until the mark stack is empty, recovering from
+    /// overflow by rescanning marked objects.
+    pub fn drain(&mut self) {
+        loop {
+            while self.len > 0 {
+                self.len -= 1;
+                // SAFETY: len < cap; the entry was pushed.
+                let (lo, len) = unsafe { *self.stack.add(self.len) };
+                self.scan_range(lo, lo + len);
+            }
+            if !self.overflowed {
+                return;
+            }
+            self.overflowed = false;
+            self.rescan_marked();
+        }
+    }
+
+    /// After an overflow: pushes every marked object that may hold pointers
+    /// again (a dropped push left some unscanned), draining as it goes.
+    fn rescan_marked(&mut self) {
+        let (lo, _) = heap::range();
+        let mut addr = lo;
+        while heap::is_committed(addr) {
+            let s = heap::span_of(addr);
+            if s.is_null() {
+                addr += PAGE_SIZE;
+                continue;
+            }
+            // SAFETY: live span record.
+            let sp = unsafe { &*s };
+            addr = sp.end();
+            if sp.noscan {
+                continue;
+            }
+            match sp.state.load(Relaxed) {
+                span::SMALL => {
+                    for i in 0..sp.nelems as usize {
+                        if sp.is_marked(i) {
+                            let a = sp.slot_addr(i);
+                            self.scan_range(a, a + sp.elemsize as usize);
+                            while self.len > 0 && !self.overflowed {
+                                self.len -= 1;
+                                // SAFETY: as in drain.
+                                let (l, n) = unsafe { *self.stack.add(self.len) };
+                                self.scan_range(l, l + n);
+                            }
+                        }
+                    }
+                }
+                span::LARGE if sp.large_mark.load(Relaxed) != 0 => {
+                    self.scan_range(sp.base, sp.end())
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! The conservative mark-sweep collector.
+//!
+//! Modes (`MAGPIE_GC`): `off` — never runs (no thread, no signal handler, no
+//! /proc read); `leakcheck` — runs, frees only GC-managed memory, counts the
+//! rest of what is unreachable as leaks; `collect` — frees everything
+//! unreachable that was never freed.
+//!
+//! A cycle, as the Go runtime's, in phases:
+//!
+//! ```text
+//! Off ─ sweep termination ─▶ Mark ─ mark termination ─▶ Off + sweep
+//! ```
+//! 1. Sweep termination: finish sweeping the previous cycle, with the world running.
+//! 2. Stop the world (`stop`): every thread parks in a signal handler, or on
+//!    its way out of the allocator. Phase = Mark. (Marking is done with the
+//!    world stopped for now; concurrent marking will run in this same phase.)
+//! 3. Roots (`roots`): every writable private mapping except magpie's own,
+//!    stacks from each thread's stack pointer up (registers included);
+//!    conservative marking of the heap (`mark`).
+//! 4. Mark termination: phase = MarkTermination; every per-CPU cache is emptied
+//!    — slots back to their spans, tiny blocks retired — because the caches live
+//!    in memory the collector does not scan; any allocation now aborts with
+//!    "magpie: allocation during mark termination" (the check sits on the slow
+//!    path, which emptied caches force every allocation onto). The sweep
+//!    generation advances: every span now needs sweeping. Phase = Off; the
+//!    world restarts.
+//! 5. Sweep: the collector walks every span; an allocation that needs slots
+//!    from a span sweeps it first (`central::refill`), so an object allocated
+//!    after the cycle is never swept by it. Unmarked, allocated objects are
+//!    unreachable: freed in `collect` (and always when GC-managed), counted as
+//!    leaks in `leakcheck`.
+//!
+//! Pacing: a cycle starts when the bytes in in-use spans exceed the live heap
+//! the last cycle found by `MAGPIE_GOGC` percent (default 100), and at least
+//! 4 MiB: net growth, so a program that frees what it allocates rarely pays.
+//! `MAGPIE_GC_STRESS=N` runs a cycle every N allocations (torture tests; it
+//! routes every allocation through the slow path to count them).
+
+pub mod managed;
+pub mod mark;
+pub mod roots;
+pub mod stop;
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
+use spin::Mutex;
+
+use crate::alloc::{cache, central, heap, span};
+use crate::sys::{env, fatal, futex, os};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    Off,
+    LeakCheck,
+    Collect,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+pub enum Phase {
+    Off = 0,
+    Mark = 1,
+    MarkTermination = 2,
+}
+
+static MODE: AtomicU8 = AtomicU8::new(0);
+static PHASE: AtomicU8 = AtomicU8::new(0);
+/// The sweep generation: a span whose `sweepgen` differs needs sweeping.
+static SWEEPGEN: AtomicU32 = AtomicU32::new(1);
+static GOGC: AtomicU64 = AtomicU64::new(100);
+static STRESS: AtomicU64 = AtomicU64::new(0);
+static STRESS_COUNT: AtomicU64 = AtomicU64::new(0);
+static NEXT_GC: AtomicU64 = AtomicU64::new(MIN_HEAP);
+static STOP_TIMEOUT_NS: AtomicU64 = AtomicU64::new(1_000_000_000);
+/// Test hook: allocate during mark termination (must abort).
+static DEBUG_ALLOC_IN_TERMINATION: AtomicBool = AtomicBool::new(false);
+const MIN_HEAP: u64 = 4 << 20;
+
+static CYCLE: Mutex<()> = Mutex::new(());
+
+pub fn mode() -> Mode {
+    match MODE.load(Relaxed) {
+        1 => Mode::LeakCheck,
+        2 => Mode::Collect,
+        _ => Mode::Off,
+    }
+}
+
+#[inline(always)]
+pub fn phase() -> Phase {
+    match PHASE.load(Relaxed) {
+        1 => Phase::Mark,
+        2 => Phase::MarkTermination,
+        _ => Phase::Off,
+    }
+}
+
+#[inline(always)]
+pub fn sweepgen() -> u32 {
+    SWEEPGEN.load(Relaxed)
+}
+
+/// Reads the collector's configuration; called once at allocator init.
+/// Returns true if the collector is on (the caller then keeps allocations on
+/// the slow path when GC stress is requested).
+pub fn init() -> bool {
+    let m = env::get_choice("MAGPIE_GC", &["off", "leakcheck", "collect"], 0);
+    GOGC.store(env::get_u64("MAGPIE_GOGC", 100, 1, 100_000), Relaxed);
+    STRESS.store(env::get_u64("MAGPIE_GC_STRESS", 0, 0, u64::MAX), Relaxed);
+    STOP_TIMEOUT_NS.store(
+        env::get_u64("MAGPIE_STOP_TIMEOUT_MS", 1000, 1, 600_000) * 1_000_000,
+        Relaxed,
+    );
+    DEBUG_ALLOC_IN_TERMINATION.store(
+        env::get_bool("MAGPIE_DEBUG_ALLOC_IN_TERMINATION", false),
+        Relaxed,
+    );
+    if m == 0 {
+        MODE.store(0, Relaxed);
+        return false;
+    }
+    if !stop::install_handler() {
+        fatal::warn(format_args!(
+            "cannot install the stop signal handler; the collector is off"
+        ));
+        return false;
+    }
+    MODE.store(m as u8, Relaxed);
+    true
+}
+
+/// True when every allocation must take the slow path (GC stress counting).
+pub fn stress_enabled() -> bool {
+    mode() != Mode::Off && STRESS.load(Relaxed) > 0
+}
+
+/// The slow-path check of mark termination: nothing may allocate then.
+#[inline(always)]
+pub fn check_allocation_allowed() {
+    if PHASE.load(Relaxed) == Phase::MarkTermination as u8 {
+        fatal::fatal("allocation during mark termination", None);
+    }
+}
+
+/// Called after an allocation slow path (no lock held, guard dropped) with the
+/// new object: counts for GC stress, triggers the pacer.
+#[inline]
+pub fn after_slow_alloc(p: *mut u8) {
+    let m = MODE.load(Relaxed);
+    if m == 0 || p.is_null() {
+        return;
+    }
+    let stress = STRESS.load(Relaxed);
+    if stress > 0 {
+        let n = STRESS_COUNT.fetch_add(1, Relaxed) + 1;
+        if n % stress == 0 {
+            // Keep the new object visible to the scan of this thread's stack.
+            let keep = core::hint::black_box(p);
+            collect_now();
+            core::hint::black_box(keep);
+        }
+        return;
+    }
+    if heap::in_use_bytes() as u64 >= NEXT_GC.load(Relaxed) {
+        wake_collector();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The collector thread.
+
+static WAKE: AtomicU32 = AtomicU32::new(0);
+static THREAD: AtomicU8 = AtomicU8::new(0); // 0 none, 1 starting, 2 running
+
+fn wake_collector() {
+    if THREAD.load(Acquire) == 0 && THREAD.compare_exchange(0, 1, AcqRel, Relaxed).is_ok() {
+        // SAFETY: creates a detached thread running collector_main; pthread_create
+        // may allocate (we hold no allocator lock here).
+        unsafe {
+            let mut t: libc::pthread_t = 0;
+            let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+            libc::pthread_attr_init(&mut attr);
+            libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+            let r = libc::pthread_create(&mut t, &attr, collector_main, core::ptr::null_mut());
+            libc::pthread_attr_destroy(&mut attr);
+            if r != 0 {
+                THREAD.store(0, Release);
+                return;
+            }
+        }
+        THREAD.store(2, Release);
+    }
+    WAKE.fetch_add(1, Release);
+    futex::wake(&WAKE, 1);
+}
+
+extern "C" fn collector_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    loop {
+        let w = WAKE.load(Acquire);
+        if (heap::in_use_bytes() as u64) < NEXT_GC.load(Relaxed) {
+            futex::wait(&WAKE, w, None);
+            continue;
+        }
+        if !collect_now() {
+            // Abandoned (a thread did not stop): back off before trying again.
+            // SAFETY: plain sleep.
+            unsafe { libc::usleep(100_000) };
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Statistics.
+
+const PAUSE_RING: usize = 4096;
+static PAUSES: [AtomicU32; PAUSE_RING] = [const { AtomicU32::new(0) }; PAUSE_RING];
+
+#[derive(Default)]
+struct Counters {
+    cycles: AtomicU64,
+    abandoned: AtomicU64,
+    pause_ns_total: AtomicU64,
+    pause_ns_max: AtomicU64,
+    root_scan_ns: AtomicU64,
+    heap_mark_ns: AtomicU64,
+    termination_ns: AtomicU64,
+    sweep_ns: AtomicU64,
+    marked_bytes_last: AtomicU64,
+    heap_before_last: AtomicU64,
+    heap_after_last: AtomicU64,
+    reclaimed_objects: AtomicU64,
+    reclaimed_bytes: AtomicU64,
+    unreachable_objects: AtomicU64,
+    unreachable_bytes: AtomicU64,
+}
+
+static C: Counters = Counters {
+    cycles: AtomicU64::new(0),
+    abandoned: AtomicU64::new(0),
+    pause_ns_total: AtomicU64::new(0),
+    pause_ns_max: AtomicU64::new(0),
+    root_scan_ns: AtomicU64::new(0),
+    heap_mark_ns: AtomicU64::new(0),
+    termination_ns: AtomicU64::new(0),
+    sweep_ns: AtomicU64::new(0),
+    marked_bytes_last: AtomicU64::new(0),
+    heap_before_last: AtomicU64::new(0),
+    heap_after_last: AtomicU64::new(0),
+    reclaimed_objects: AtomicU64::new(0),
+    reclaimed_bytes: AtomicU64::new(0),
+    unreachable_objects: AtomicU64::new(0),
+    unreachable_bytes: AtomicU64::new(0),
+};
+
+/// The collector's figures (`magpie::stats().gc`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GcStats {
+    pub mode: &'static str,
+    pub cycles: u64,
+    /// Cycles given up because a thread did not stop in time.
+    pub abandoned: u64,
+    /// Stop-the-world pauses, in nanoseconds.
+    pub pause_total_ns: u64,
+    pub pause_max_ns: u64,
+    pub pause_p50_ns: u64,
+    pub pause_p99_ns: u64,
+    /// Time marking roots (mappings and stacks) and the heap, and in mark
+    /// termination and sweeping, summed over cycles.
+    pub root_scan_ns: u64,
+    pub heap_mark_ns: u64,
+    pub termination_ns: u64,
+    pub sweep_ns: u64,
+    /// Bytes marked live by the last cycle; heap in use before and after it.
+    pub marked_bytes_last: u64,
+    pub heap_before_last: u64,
+    pub heap_after_last: u64,
+    /// Objects and bytes freed by the collector since start.
+    pub reclaimed_objects: u64,
+    pub reclaimed_bytes: u64,
+    /// Unreachable objects found and not freed (leakcheck), summed over cycles.
+    pub unreachable_objects: u64,
+    pub unreachable_bytes: u64,
+    /// The next cycle starts when the heap in use reaches this.
+    pub next_gc_bytes: u64,
+}
+
+pub fn stats() -> GcStats {
+    let n = (C.cycles.load(Relaxed) as usize).min(PAUSE_RING);
+    let mut p = [0u32; PAUSE_RING];
+    for (i, slot) in p[..n].iter_mut().enumerate() {
+        *slot = PAUSES[i].load(Relaxed);
+    }
+    p[..n].sort_unstable();
+    let pct = |q: usize| {
+        if n == 0 {
+            0
+        } else {
+            p[((n - 1) * q) / 100] as u64 * 1000
+        }
+    };
+    GcStats {
+        mode: match mode() {
+            Mode::Off => "off",
+            Mode::LeakCheck => "leakcheck",
+            Mode::Collect => "collect",
+        },
+        cycles: C.cycles.load(Relaxed),
+        abandoned: C.abandoned.load(Relaxed),
+        pause_total_ns: C.pause_ns_total.load(Relaxed),
+        pause_max_ns: C.pause_ns_max.load(Relaxed),
+        pause_p50_ns: pct(50),
+        pause_p99_ns: pct(99),
+        root_scan_ns: C.root_scan_ns.load(Relaxed),
+        heap_mark_ns: C.heap_mark_ns.load(Relaxed),
+        termination_ns: C.termination_ns.load(Relaxed),
+        sweep_ns: C.sweep_ns.load(Relaxed),
+        marked_bytes_last: C.marked_bytes_last.load(Relaxed),
+        heap_before_last: C.heap_before_last.load(Relaxed),
+        heap_after_last: C.heap_after_last.load(Relaxed),
+        reclaimed_objects: C.reclaimed_objects.load(Relaxed),
+        reclaimed_bytes: C.reclaimed_bytes.load(Relaxed),
+        unreachable_objects: C.unreachable_objects.load(Relaxed),
+        unreachable_bytes: C.unreachable_bytes.load(Relaxed),
+        next_gc_bytes: NEXT_GC.load(Relaxed),
+    }
+}
+
+/// A lazy sweep by an allocation (counted with the collector's sweeping).
+pub fn note_lazy_sweep(r: central::Swept) {
+    C.reclaimed_objects.fetch_add(r.freed_objects, Relaxed);
+    C.reclaimed_bytes.fetch_add(r.freed_bytes, Relaxed);
+    C.unreachable_objects
+        .fetch_add(r.objects - r.freed_objects, Relaxed);
+    C.unreachable_bytes
+        .fetch_add(r.bytes - r.freed_bytes, Relaxed);
+}
+
+// ---------------------------------------------------------------------------
+// The cycle.
+
+/// Sweeps every span not yet swept for the current generation.
+fn sweep_all() {
+    let collect = mode() == Mode::Collect;
+    let gen = sweepgen();
+    heap::for_each_span(|s| {
+        // SAFETY: records are type-stable; sweep re-checks under its lock.
+        let (st, sg) = unsafe { ((*s).state.load(Relaxed), (*s).sweepgen.load(Relaxed)) };
+        if sg == gen {
+            return;
+        }
+        if st == span::LARGE {
+            // SAFETY: s came from the page map.
+            let (bytes, freed) = unsafe {
+                heap::sweep_large(s, gen, |state| collect || state == span::SLOT_MANAGED)
+            };
+            if bytes > 0 {
+                C.unreachable_objects.fetch_add(!freed as u64, Relaxed);
+                C.unreachable_bytes
+                    .fetch_add(if freed { 0 } else { bytes as u64 }, Relaxed);
+                if freed {
+                    C.reclaimed_objects.fetch_add(1, Relaxed);
+                    C.reclaimed_bytes.fetch_add(bytes as u64, Relaxed);
+                }
+            }
+        } else {
+            let r = central::sweep(s, collect, &mut |_, _| {});
+            note_lazy_sweep(r);
+        }
+    });
+}
+
+/// Runs a whole cycle now, in the calling thread. Returns false if the
+/// collector is off or the cycle was abandoned (a thread did not stop).
+pub fn collect_now() -> bool {
+    if mode() == Mode::Off || !crate::alloc::is_ready() {
+        return false;
+    }
+    let _cycle = CYCLE.lock();
+    let t_sweep = os::now_ns();
+    sweep_all();
+    C.sweep_ns.fetch_add(os::now_ns() - t_sweep, Relaxed);
+    let heap_before = heap::in_use_bytes() as u64;
+
+    let t0 = os::now_ns();
+    match stop::stop_world(STOP_TIMEOUT_NS.load(Relaxed)) {
+        stop::Stopped::All(_) => {}
+        stop::Stopped::GaveUp => {
+            C.abandoned.fetch_add(1, Relaxed);
+            return false;
+        }
+    }
+    PHASE.store(Phase::Mark as u8, Release);
+    let Some(mut m) = mark::Marker::new() else {
+        PHASE.store(Phase::Off as u8, Release);
+        stop::restart_world();
+        C.abandoned.fetch_add(1, Relaxed);
+        return false;
+    };
+
+    // Roots: this thread's stack (from a frame holding its registers), the
+    // stopped threads' stacks from their stack pointers, and every other
+    // writable mapping not magpie's own.
+    let mut regs = [0usize; 6];
+    stop::spill_registers(&mut regs);
+    let my_sp = core::hint::black_box(&regs).as_ptr() as usize;
+    let mut sps = [0usize; 256];
+    let mut nsp = 0;
+    sps[nsp] = my_sp;
+    nsp += 1;
+    let mut extra_stacks = false;
+    stop::for_each_stopped(|_, sp| {
+        if sp != 0 {
+            if nsp < sps.len() {
+                sps[nsp] = sp;
+                nsp += 1;
+            } else {
+                extra_stacks = true;
+            }
+        }
+    });
+    let sps = &mut sps[..nsp];
+    sps.sort_unstable();
+    let mut own = [(0usize, 0usize); 1024];
+    let nown = roots::own_ranges(&mut own);
+    let own = &own[..nown];
+    let mut maps_ok = roots::for_each_writable_mapping(|r| {
+        roots::minus_own(r.lo, r.hi, own, |lo, hi| {
+            // A stack: scan from the lowest stack pointer inside it up. (With
+            // more threads than the table holds, whole stacks are scanned.)
+            let sp = if r.stack_like && !extra_stacks {
+                sps.iter().copied().find(|&sp| sp >= lo && sp < hi)
+            } else {
+                None
+            };
+            m.scan_range(sp.unwrap_or(lo), hi);
+        });
+    });
+    let t_roots = os::now_ns();
+    if !maps_ok {
+        // Without the mappings there are no roots to trust: free nothing.
+        fatal::warn(format_args!(
+            "cannot read /proc/self/maps; collection abandoned"
+        ));
+        maps_ok = false;
+    }
+    m.drain();
+    let t_mark = os::now_ns();
+
+    // Mark termination.
+    PHASE.store(Phase::MarkTermination as u8, Release);
+    if DEBUG_ALLOC_IN_TERMINATION.load(Relaxed) {
+        let _ = crate::alloc::alloc_c(32);
+    }
+    // SAFETY: the world is stopped; no stopped thread is inside the allocator.
+    unsafe { cache::flush_all() };
+    central::flush_transfer();
+    if maps_ok {
+        SWEEPGEN.fetch_add(1, Release);
+    } else {
+        // Free nothing: clear this cycle's marks by sweeping nothing... the
+        // marks would make the next cycle keep garbage; clear them instead.
+        heap::for_each_span(|s| {
+            // SAFETY: the world is stopped; records are live.
+            unsafe {
+                if span::is_slotted((*s).state.load(Relaxed)) {
+                    (*s).clear_marks();
+                } else {
+                    (*s).large_mark.store(0, Relaxed);
+                }
+            }
+        });
+    }
+    PHASE.store(Phase::Off as u8, Release);
+    stop::restart_world();
+    let t_end = os::now_ns();
+
+    let pause = t_end - t0;
+    let cycle = C.cycles.fetch_add(1, Relaxed);
+    PAUSES[cycle as usize % PAUSE_RING].store((pause / 1000).min(u32::MAX as u64) as u32, Relaxed);
+    C.pause_ns_total.fetch_add(pause, Relaxed);
+    C.pause_ns_max.fetch_max(pause, Relaxed);
+    C.root_scan_ns.fetch_add(t_roots - t0, Relaxed);
+    C.heap_mark_ns.fetch_add(t_mark - t_roots, Relaxed);
+    C.termination_ns.fetch_add(t_end - t_mark, Relaxed);
+    C.marked_bytes_last.store(m.marked_bytes, Relaxed);
+    C.heap_before_last.store(heap_before, Relaxed);
+
+    // Sweep with the world running.
+    let t_s = os::now_ns();
+    if maps_ok {
+        sweep_all();
+    }
+    C.sweep_ns.fetch_add(os::now_ns() - t_s, Relaxed);
+    let after = heap::in_use_bytes() as u64;
+    C.heap_after_last.store(after, Relaxed);
+    let goal = m.marked_bytes.max(1) * (100 + GOGC.load(Relaxed)) / 100;
+    NEXT_GC.store(goal.max(MIN_HEAP).max(after + after / 4), Relaxed);
+    maps_ok
+}
+
+/// Fork: hold the cycle lock across fork so the child never inherits a cycle
+/// in progress; the child starts without a collector thread.
+pub fn lock_for_fork() {
+    core::mem::forget(CYCLE.lock());
+}
+
+/// # Safety
+/// Only after [`lock_for_fork`].
+pub unsafe fn unlock_after_fork(child: bool) {
+    // SAFETY: the caller holds the lock leaked by lock_for_fork.
+    unsafe { CYCLE.force_unlock() };
+    if child {
+        THREAD.store(0, Relaxed);
+    }
+}

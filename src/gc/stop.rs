@@ -1,0 +1,289 @@
+//! Stopping the world with signals.
+//!
+//! The collector lists every thread in `/proc/self/task` and sends each a
+//! signal (SIGPWR, as Boehm's collector does). The handler runs on the
+//! thread's own stack, below the registers the kernel saved for it, so the
+//! stack from the handler's frame up covers the thread's registers too. It
+//! records that stack pointer, acknowledges, and sleeps on a futex until the
+//! world restarts: no locks, no allocation.
+//!
+//! A thread caught inside an allocator slow path is not stopped there: the
+//! handler sets its "stop pending" flag and returns, and the thread stops when
+//! it leaves the allocator (`alloc::guard`). A thread caught between an rseq
+//! pop's commit and the store marking the slot allocated (the
+//! `magpie_alloc_windows` ranges) is let run on; the collector re-sends. So a
+//! stopped world holds no half-changed cache, list or span, and no allocator lock.
+//!
+//! Threads created while the world stops are found by listing again until the
+//! list is stable. A thread that does not acknowledge within the timeout (it
+//! blocks the signal, say) makes the collector give the cycle up.
+
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering::*};
+
+use crate::sys::{futex, os};
+
+/// The stop signal.
+pub const SIGNAL: i32 = libc::SIGPWR;
+/// Most threads a stop handles.
+pub const MAX_THREADS: usize = 16384;
+
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Odd while the world is stopped.
+static EPOCH: AtomicU32 = AtomicU32::new(0);
+static ACKS: AtomicU32 = AtomicU32::new(0);
+
+/// The threads of the current stop: tid and the stack pointer each recorded.
+struct Table {
+    tid: [AtomicI32; MAX_THREADS],
+    sp: [AtomicUsize; MAX_THREADS],
+    acked: [AtomicBool; MAX_THREADS],
+    n: AtomicUsize,
+}
+
+static TABLE: Table = Table {
+    tid: [const { AtomicI32::new(0) }; MAX_THREADS],
+    sp: [const { AtomicUsize::new(0) }; MAX_THREADS],
+    acked: [const { AtomicBool::new(false) }; MAX_THREADS],
+    n: AtomicUsize::new(0),
+};
+
+thread_local! {
+    /// Set by the handler when it finds the thread inside the allocator.
+    static PENDING: Cell<bool> = const { Cell::new(false) };
+}
+
+extern "C" {
+    fn magpie_in_alloc_window(ip: usize) -> i32;
+}
+
+fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+}
+
+/// Installs the stop signal's handler (once, at collector start-up).
+pub fn install_handler() -> bool {
+    // SAFETY: a zeroed sigaction is valid; we fill handler, flags and mask.
+    unsafe {
+        let mut sa: libc::sigaction = core::mem::zeroed();
+        sa.sa_sigaction = handler as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        libc::sigfillset(&mut sa.sa_mask);
+        libc::sigaction(SIGNAL, &sa, core::ptr::null_mut()) == 0
+    }
+}
+
+extern "C" fn handler(_sig: i32, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // SAFETY: reading and restoring errno of this thread.
+    let saved = unsafe { *libc::__errno_location() };
+    if STOPPING.load(Acquire) {
+        // SAFETY: the kernel passes a valid ucontext to SA_SIGINFO handlers.
+        let ip = unsafe {
+            (*(ctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize]
+        } as usize;
+        // SAFETY: a plain table lookup.
+        if unsafe { magpie_in_alloc_window(ip) } != 0 {
+            // One store away from consistent: let it run; the collector re-sends.
+        } else if crate::alloc::guard::inside() {
+            PENDING.with(|p| p.set(true));
+        } else {
+            let here = 0usize;
+            park(&here as *const usize as usize);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
+}
+
+/// Called by the allocator when it leaves a slow path with a stop pending.
+pub fn stop_if_pending() {
+    if PENDING.with(|p| p.replace(false)) && STOPPING.load(Acquire) {
+        park_here();
+    }
+}
+
+/// Parks the calling thread outside a signal handler: spills callee-saved
+/// registers to the stack first so the scan from here sees them.
+#[inline(never)]
+fn park_here() {
+    let mut regs = [0usize; 6];
+    spill_registers(&mut regs);
+    let regs = core::hint::black_box(&regs);
+    park(regs.as_ptr() as usize);
+}
+
+fn park(sp: usize) {
+    let tid = gettid();
+    let epoch = EPOCH.load(Acquire);
+    if epoch & 1 == 0 {
+        return;
+    }
+    let n = TABLE.n.load(Acquire);
+    if let Some(i) = (0..n).find(|&i| TABLE.tid[i].load(Relaxed) == tid) {
+        if !TABLE.acked[i].load(Relaxed) {
+            TABLE.sp[i].store(sp, Relaxed);
+            TABLE.acked[i].store(true, Release);
+            ACKS.fetch_add(1, Release);
+            futex::wake(&ACKS, 1);
+        }
+    } else {
+        // Not signalled by this stop (an old signal arriving late): nothing to do.
+        return;
+    }
+    while EPOCH.load(Acquire) == epoch {
+        futex::wait(&EPOCH, epoch, None);
+    }
+}
+
+/// Lists the thread ids of the process into `out`; returns how many.
+fn list_threads(out: &mut [i32]) -> usize {
+    let mut n = 0;
+    // SAFETY: raw open/getdents64/close on a directory fd; the buffer is ours.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/task".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return 0;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            let len = libc::syscall(libc::SYS_getdents64, fd, buf.as_mut_ptr(), buf.len());
+            if len <= 0 {
+                break;
+            }
+            let mut off = 0;
+            while off < len as usize {
+                // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name.
+                let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+                let name = &buf[off + 19..off + reclen];
+                let end = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+                if let Some((tid, used)) = os::parse_leading_u64(&name[..end]) {
+                    if used == end && n < out.len() {
+                        out[n] = tid as i32;
+                        n += 1;
+                    }
+                }
+                off += reclen;
+            }
+        }
+        libc::close(fd);
+    }
+    n
+}
+
+/// How a stop ended.
+pub enum Stopped {
+    /// Every other thread is parked; their count.
+    All(usize),
+    /// A thread did not answer in time: the world was restarted.
+    GaveUp,
+}
+
+/// Stops every thread but the caller. `timeout_ns` bounds the wait for
+/// acknowledgements.
+pub fn stop_world(timeout_ns: u64) -> Stopped {
+    let me = gettid();
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    TABLE.n.store(0, Relaxed);
+    ACKS.store(0, Relaxed);
+    EPOCH.fetch_add(1, AcqRel); // odd: stopping
+    STOPPING.store(true, Release);
+    let start = os::now_ns();
+    let mut tids = [0i32; 1024];
+    let mut last_send = 0u64;
+    loop {
+        // Add threads not seen yet and signal them.
+        let mut added = 0;
+        let mut chunk = 0;
+        loop {
+            let k = list_threads(&mut tids);
+            for &t in &tids[..k] {
+                let n = TABLE.n.load(Relaxed);
+                if t == me || (0..n).any(|i| TABLE.tid[i].load(Relaxed) == t) {
+                    continue;
+                }
+                if n == MAX_THREADS {
+                    restart_world();
+                    return Stopped::GaveUp;
+                }
+                TABLE.tid[n].store(t, Relaxed);
+                TABLE.sp[n].store(0, Relaxed);
+                TABLE.acked[n].store(false, Relaxed);
+                TABLE.n.store(n + 1, Release);
+                // SAFETY: tgkill to a thread of this process.
+                if unsafe { libc::syscall(libc::SYS_tgkill, pid, t, SIGNAL) } != 0 {
+                    // Gone already: count it as stopped, with no stack.
+                    TABLE.acked[n].store(true, Release);
+                    ACKS.fetch_add(1, Release);
+                }
+                added += 1;
+            }
+            chunk += 1;
+            if k < tids.len() || chunk > 64 {
+                break;
+            }
+        }
+        let n = TABLE.n.load(Acquire) as u32;
+        let acks = ACKS.load(Acquire);
+        if added == 0 && acks == n {
+            return Stopped::All(n as usize);
+        }
+        let now = os::now_ns();
+        if now - start > timeout_ns {
+            restart_world();
+            return Stopped::GaveUp;
+        }
+        // Re-send to threads that have not answered (lost signals, threads
+        // let run out of an allocation window) every 200 µs.
+        if now - last_send > 200_000 {
+            last_send = now;
+            for i in 0..n as usize {
+                if !TABLE.acked[i].load(Acquire) {
+                    // SAFETY: as above.
+                    if unsafe {
+                        libc::syscall(libc::SYS_tgkill, pid, TABLE.tid[i].load(Relaxed), SIGNAL)
+                    } != 0
+                    {
+                        TABLE.acked[i].store(true, Release);
+                        ACKS.fetch_add(1, Release);
+                    }
+                }
+            }
+        }
+        futex::wait(&ACKS, acks, Some(50_000));
+    }
+}
+
+/// Restarts every parked thread.
+pub fn restart_world() {
+    STOPPING.store(false, Release);
+    EPOCH.fetch_add(1, AcqRel); // even: running
+    futex::wake(&EPOCH, i32::MAX);
+}
+
+/// The stack pointers recorded by the stopped threads (0 for threads that
+/// exited before answering).
+pub fn for_each_stopped(mut f: impl FnMut(i32, usize)) {
+    for i in 0..TABLE.n.load(Acquire) {
+        f(TABLE.tid[i].load(Relaxed), TABLE.sp[i].load(Relaxed));
+    }
+}
+
+/// The calling thread's stack pointer after spilling its callee-saved
+/// registers into the returned array (which the caller keeps alive while
+/// scanning from its address).
+#[inline(always)]
+pub fn spill_registers(regs: &mut [usize; 6]) {
+    // SAFETY: stores the six callee-saved registers into the array.
+    unsafe {
+        core::arch::asm!(
+            "mov [{r}], rbx", "mov [{r} + 8], rbp", "mov [{r} + 16], r12",
+            "mov [{r} + 24], r13", "mov [{r} + 32], r14", "mov [{r} + 40], r15",
+            r = in(reg) regs.as_mut_ptr(), options(nostack, preserves_flags),
+        );
+    }
+}

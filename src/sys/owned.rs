@@ -1,0 +1,69 @@
+//! The registry of magpie's own mappings (heap reservation, page map, per-CPU
+//! caches, metadata chunks, the collector's mark stack). The collector scans
+//! every writable mapping of the process for roots except these: metadata
+//! holds heap addresses (span bases, cached free slots) that must not keep
+//! objects alive.
+
+use spin::Mutex;
+
+const MAX: usize = 4096;
+
+struct Registry {
+    ranges: [(usize, usize); MAX],
+    len: usize,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    ranges: [(0, 0); MAX],
+    len: 0,
+});
+
+/// Records `[addr, addr+len)` as magpie's own. Returns false when the table is full.
+pub fn register(addr: *mut u8, len: usize) -> bool {
+    let mut r = REGISTRY.lock();
+    if r.len == MAX {
+        return false;
+    }
+    let i = r.len;
+    r.ranges[i] = (addr as usize, len);
+    r.len += 1;
+    true
+}
+
+/// Forgets the range starting at `addr`.
+pub fn unregister(addr: *mut u8) {
+    let mut r = REGISTRY.lock();
+    let n = r.len;
+    if let Some(i) = r.ranges[..n].iter().position(|&(a, _)| a == addr as usize) {
+        r.ranges[i] = r.ranges[n - 1];
+        r.len -= 1;
+    }
+}
+
+/// Copies the registered ranges into `out`, sorted by address; returns how many.
+pub fn snapshot(out: &mut [(usize, usize)]) -> usize {
+    let r = REGISTRY.lock();
+    let n = r.len.min(out.len());
+    out[..n].copy_from_slice(&r.ranges[..n]);
+    out[..n].sort_unstable();
+    n
+}
+
+/// True if `[addr, addr+len)` overlaps a registered range.
+pub fn overlaps(addr: usize, len: usize) -> bool {
+    let r = REGISTRY.lock();
+    r.ranges[..r.len]
+        .iter()
+        .any(|&(a, l)| addr < a + l && a < addr + len)
+}
+
+pub fn lock_for_fork() {
+    core::mem::forget(REGISTRY.lock());
+}
+
+/// # Safety
+/// Only after [`lock_for_fork`].
+pub unsafe fn unlock_after_fork() {
+    // SAFETY: the caller holds the lock leaked by lock_for_fork.
+    unsafe { REGISTRY.force_unlock() };
+}
