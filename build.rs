@@ -20,6 +20,7 @@ fn main() {
     cc::Build::new()
         .file("shim/shim.c")
         .flag("-fno-builtin") // else gcc turns calloc's malloc+memset into a call to calloc
+        .flag("-fexceptions") // operator new throws std::bad_alloc through the shim's frames
         .flag_if_supported("-fPIC")
         .flag("-Wall")
         .flag("-Wextra")

@@ -90,12 +90,14 @@ EXPORT int __posix_memalign(void **out, size_t align, size_t size) { return magp
 
 /* ---- C++ -------------------------------------------------------------- */
 /* Throwing operator new must call the installed new_handler and retry, and
- * throw std::bad_alloc when there is none. This file is C: the handler is
- * found through a weak reference to std::get_new_handler (present when the
- * program uses libstdc++), and with no handler magpie reports and aborts, as
- * an uncaught bad_alloc would. */
+ * throw std::bad_alloc when there is none. This file is C: the handler and
+ * the throw are reached through weak references to libstdc++'s
+ * std::get_new_handler and std::__throw_bad_alloc (present whenever a C++
+ * program calls operator new); without them magpie reports and aborts. */
 typedef void (*new_handler_fn)(void);
 extern new_handler_fn _ZSt15get_new_handlerv(void) __attribute__((weak));
+/* std::__throw_bad_alloc(), from libstdc++ when the program uses C++. */
+extern void _ZSt17__throw_bad_allocv(void) __attribute__((weak, noreturn));
 
 static void *new_fail_or_retry(size_t size, size_t align, int nothrow) {
     for (;;) {
@@ -103,6 +105,10 @@ static void *new_fail_or_retry(size_t size, size_t align, int nothrow) {
         if (h == NULL) {
             if (nothrow)
                 return NULL;
+            /* What the standard asks: throw std::bad_alloc. The shim is
+             * compiled with unwind tables, so the exception passes through. */
+            if (_ZSt17__throw_bad_allocv)
+                _ZSt17__throw_bad_allocv();
             static const char msg[] = "magpie: out of memory in operator new\n";
             ssize_t w = write(2, msg, sizeof msg - 1);
             (void)w;

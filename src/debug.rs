@@ -188,9 +188,15 @@ fn check_small(sp: &span::Span, r: &mut HeapReport) -> Result<(), VerifyError> {
                     // An unpublished one (carved == 0) is a CPU's current block.
                     let v = sp.tiny_state(i).load(Relaxed);
                     let (carved, freed) = (v & 0xffff, v >> 16);
-                    if carved != 0 && (freed & !carved != 0 || carved & !freed == 0) {
+                    if carved != 0 && freed & !carved != 0 {
                         return Err(VerifyError::new(
-                            "tiny block state is inconsistent",
+                            "tiny block has frees of offsets never carved",
+                            sp.slot_addr(i),
+                        ));
+                    }
+                    if carved != 0 && carved & !freed == 0 {
+                        return Err(VerifyError::new(
+                            "tiny block with every object freed is still allocated",
                             sp.slot_addr(i),
                         ));
                     }

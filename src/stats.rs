@@ -261,10 +261,23 @@ pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
     Ok(())
 }
 
+/// A private copy of stderr made at start-up when MAGPIE_STATS is on: programs
+/// such as coreutils close fd 2 in their own exit handlers, which run first.
+static STATS_FD: core::sync::atomic::AtomicI32 = core::sync::atomic::AtomicI32::new(2);
+
+/// Called at init when MAGPIE_STATS is on.
+pub fn keep_stderr_for_exit() {
+    // SAFETY: fcntl duplicates fd 2 (if open) to a high, close-on-exec fd.
+    let fd = unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 100) };
+    if fd >= 0 {
+        STATS_FD.store(fd, Relaxed);
+    }
+}
+
 /// The `MAGPIE_STATS=1` exit handler.
 pub extern "C" fn print_at_exit() {
     let s = stats();
     let mut b = StackBuf::<8192>::new();
     let _ = write_summary(&mut b, &s);
-    b.write_stderr();
+    crate::sys::fatal::write_fd(STATS_FD.load(Relaxed), b.as_bytes());
 }

@@ -611,9 +611,38 @@ fn free_tiny_block(s: &span::Span, i: usize) {
         ptr: s.slot_addr(i),
         state: st as *const AtomicU8 as usize,
     };
+    if crate::gc::phase() == crate::gc::Phase::MarkTermination {
+        // The caches are being emptied: a block retired now goes straight
+        // back to its span, never into a cache already flushed.
+        central::drain(TINY_SC, &[e]);
+        return;
+    }
     if !push(TINY_SC, e) {
         push_slow(TINY_SC, e);
     }
+}
+
+/// In a fork child: a parent thread may have been between marking the last
+/// object of a tiny block freed and releasing the block; release such blocks
+/// so the child's heap is consistent (the child runs alone).
+pub fn release_freed_tiny_blocks_after_fork() {
+    heap::for_each_span(|s| {
+        // SAFETY: the child is single-threaded; records are live.
+        let sp = unsafe { &*s };
+        if sp.state.load(Relaxed) != span::TINY {
+            return;
+        }
+        for i in 0..sp.nelems as usize {
+            if !span::is_allocated(sp.slot_state(i).load(Relaxed)) {
+                continue;
+            }
+            let v = sp.tiny_state(i).load(Relaxed);
+            let carved = v & 0xffff;
+            if carved != 0 && carved & !(v >> 16) == 0 {
+                free_tiny_block(sp, i);
+            }
+        }
+    });
 }
 
 /// Flushes every cache with the world stopped (the collector).

@@ -92,6 +92,7 @@ fn after_init() {
     unsafe {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
         if config::STATS_AT_EXIT.load(Relaxed) {
+            crate::stats::keep_stderr_for_exit();
             libc::atexit(crate::stats::print_at_exit);
         }
     }
@@ -122,6 +123,7 @@ extern "C" fn fork_child() {
         release_fork_locks();
         crate::gc::unlock_after_fork(true);
     }
+    cache::release_freed_tiny_blocks_after_fork();
 }
 
 unsafe fn release_fork_locks() {

@@ -422,7 +422,7 @@ pub fn collect_now() -> bool {
     let mut own = [(0usize, 0usize); 1024];
     let nown = roots::own_ranges(&mut own);
     let own = &own[..nown];
-    let mut maps_ok = roots::for_each_writable_mapping(|r| {
+    let maps_ok = roots::for_each_writable_mapping(|r| {
         roots::minus_own(r.lo, r.hi, own, |lo, hi| {
             // A stack: scan from the lowest stack pointer inside it up. (With
             // more threads than the table holds, whole stacks are scanned.)
@@ -440,19 +440,19 @@ pub fn collect_now() -> bool {
         fatal::warn(format_args!(
             "cannot read /proc/self/maps; collection abandoned"
         ));
-        maps_ok = false;
     }
     m.drain();
     let t_mark = os::now_ns();
 
     // Mark termination.
     PHASE.store(Phase::MarkTermination as u8, Release);
-    if DEBUG_ALLOC_IN_TERMINATION.load(Relaxed) {
-        let _ = crate::alloc::alloc_c(32);
-    }
     // SAFETY: the world is stopped; no stopped thread is inside the allocator.
     unsafe { cache::flush_all() };
     central::flush_transfer();
+    if DEBUG_ALLOC_IN_TERMINATION.load(Relaxed) {
+        // The caches are empty: this must reach the slow path's check and abort.
+        let _ = crate::alloc::alloc_c(32);
+    }
     if maps_ok {
         SWEEPGEN.fetch_add(1, Release);
     } else {
@@ -470,6 +470,16 @@ pub fn collect_now() -> bool {
         });
     }
     PHASE.store(Phase::Off as u8, Release);
+    // Sweep before the world restarts. Sweeping concurrently with the program
+    // (lazily in refill, and by the collector) is built — sweep generations,
+    // refill sweeping first — but a race in it freed live objects under GC
+    // stress with threads coming and going, so for now the sweep is part of
+    // the pause; spans are all swept when the world restarts.
+    let t_s = os::now_ns();
+    if maps_ok {
+        sweep_all();
+    }
+    C.sweep_ns.fetch_add(os::now_ns() - t_s, Relaxed);
     stop::restart_world();
     let t_end = os::now_ns();
 
@@ -484,12 +494,6 @@ pub fn collect_now() -> bool {
     C.marked_bytes_last.store(m.marked_bytes, Relaxed);
     C.heap_before_last.store(heap_before, Relaxed);
 
-    // Sweep with the world running.
-    let t_s = os::now_ns();
-    if maps_ok {
-        sweep_all();
-    }
-    C.sweep_ns.fetch_add(os::now_ns() - t_s, Relaxed);
     let after = heap::in_use_bytes() as u64;
     C.heap_after_last.store(after, Relaxed);
     let goal = m.marked_bytes.max(1) * (100 + GOGC.load(Relaxed)) / 100;

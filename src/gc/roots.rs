@@ -151,7 +151,7 @@ mod tests {
     fn finds_the_data_segment_and_stack() {
         static mut DATA: [u8; 64] = [1; 64];
         // SAFETY: only the address is taken.
-        let d = unsafe { core::ptr::addr_of!(DATA) } as usize;
+        let d = core::ptr::addr_of!(DATA) as usize;
         let local = 0u64;
         let l = &local as *const u64 as usize;
         let (mut saw_data, mut saw_stack) = (false, false);

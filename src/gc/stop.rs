@@ -195,6 +195,7 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
     let start = os::now_ns();
     let mut tids = [0i32; 1024];
     let mut last_send = 0u64;
+    let mut listed_after_acks = false;
     loop {
         // Add threads not seen yet and signal them.
         let mut added = 0;
@@ -229,9 +230,17 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
         }
         let n = TABLE.n.load(Acquire) as u32;
         let acks = ACKS.load(Acquire);
-        if added == 0 && acks == n {
-            return Stopped::All(n as usize);
+        // Done only when a listing made after every listed thread stopped
+        // finds no new thread: a thread may clone() a child between our
+        // listing and its own stop, and that child must be stopped too.
+        if acks == n {
+            if added == 0 && listed_after_acks {
+                return Stopped::All(n as usize);
+            }
+            listed_after_acks = true;
+            continue;
         }
+        listed_after_acks = false;
         let now = os::now_ns();
         if now - start > timeout_ns {
             restart_world();

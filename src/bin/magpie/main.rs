@@ -41,7 +41,7 @@ magpie run [OPTIONS] [--] PROGRAM [ARGS...]
     the first argument that is not an option.
 
     --gc MODE      garbage collector mode: off, leakcheck or collect
-                   (sets MAGPIE_GC=MODE; default: the library's, collect)
+                   (sets MAGPIE_GC=MODE; default: the library's)
     --stats        print magpie's heap summary on stderr when the program
                    exits (sets MAGPIE_STATS=1)
     --lib PATH     preload PATH instead of the libmagpie.so in the directory
@@ -94,17 +94,25 @@ magpie bench [OPTIONS]
     chart of the ratios. Progress goes to stderr.
 
 ENVIRONMENT (read by libmagpie.so and by Rust programs using magpie):
-    MAGPIE_GC=MODE         off: a plain allocator, no collector; leakcheck:
-                           report unreachable never-freed memory with its size
-                           and allocation site, free nothing; collect: free it
-                           (default collect)
+    MAGPIE_GC=MODE         off: a plain allocator, no collector thread, no
+                           signals; leakcheck: report unreachable, never-freed
+                           memory as leaks and free nothing but GC-managed
+                           memory; collect: free it (default off while the
+                           collector is new)
     MAGPIE_GOGC=N          start a collection when the heap has grown by N%
-                           (net: allocated minus freed) over the live heap the
-                           last collection found (default 100)
+                           net (allocated minus freed) over the live heap the
+                           last collection found, and by at least 4 MiB
+                           (default 100)
     MAGPIE_STATS=1         print a summary of the heap on stderr at exit
     MAGPIE_LEAK_STACKS=N   stack frames kept per allocation site in leakcheck
                            reports
     MAGPIE_GC_STRESS=N     collect every N allocations (torture testing; slow)
+    MAGPIE_STOP_TIMEOUT_MS=N
+                           give a collection up (freeing nothing) when a
+                           thread does not stop within N ms (default 1000)
+    MAGPIE_DEBUG_ALLOC_IN_TERMINATION=1
+                           allocate during mark termination to prove the
+                           check aborts (tests only: the process aborts)
     MAGPIE_SCAN_ALL=1      no pointer-free spans for Rust allocations whose
                            alignment is below 8 (scan every object)
     MAGPIE_RSEQ=0          use the locked per-CPU caches instead of rseq
@@ -123,6 +131,11 @@ EXIT STATUS:
 ";
 
 fn main() {
+    // Die quietly of SIGPIPE like other command-line tools (`magpie bench |
+    // head`) rather than panic on a closed stdout; children start with it
+    // at its default too.
+    // SAFETY: setting a signal disposition to its default.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let mut all: Vec<String> = std::env::args().skip(1).collect();
     let sub = if all.is_empty() {
         "demo".to_string()
