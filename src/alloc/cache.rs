@@ -157,17 +157,10 @@ pub fn pop(sc: usize) -> usize {
         return 0;
     }
     // SAFETY: off is the registered rseq offset; caches and ncpu were set with it.
-    let (p, c) = unsafe {
-        rseq_ops::pop(
-            off,
-            FAST.caches.load(Relaxed),
-            FAST.ncpu.load(Relaxed),
-            sc * 8,
-        )
-    };
+    let (p, c) = unsafe { rseq_ops::pop(off, sc * 8) };
     if p != 0 {
-        // SAFETY: c is the cache the pop used.
-        bump(unsafe { &(*(c as *const CpuCache)).stats.allocs[sc] });
+        // SAFETY: c is the cache the pop used; sc < NUM_SPANCLASSES (span classes come from the class table).
+        bump(unsafe { (*(c as *const CpuCache)).stats.allocs.get_unchecked(sc) });
     }
     p
 }
@@ -180,19 +173,10 @@ pub fn push(sc: usize, e: Entry) -> bool {
         return false;
     }
     // SAFETY: as in pop.
-    let c = unsafe {
-        rseq_ops::push(
-            off,
-            FAST.caches.load(Relaxed),
-            FAST.ncpu.load(Relaxed),
-            sc * 8,
-            e.ptr,
-            e.state,
-        )
-    };
+    let c = unsafe { rseq_ops::push(off, sc * 8, e.ptr, e.state) };
     if c != 0 {
-        // SAFETY: c is the cache the push used.
-        bump(unsafe { &(*(c as *const CpuCache)).stats.frees[sc] });
+        // SAFETY: c is the cache the push used; sc < NUM_SPANCLASSES.
+        bump(unsafe { (*(c as *const CpuCache)).stats.frees.get_unchecked(sc) });
         return true;
     }
     false

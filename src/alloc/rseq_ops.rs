@@ -30,7 +30,12 @@
 
 use core::arch::asm;
 
-use super::cache::{ENTRIES_OFF, SHIFT, TINY_OFF};
+use super::cache::{ENTRIES_OFF, FAST, SHIFT, TINY_OFF};
+
+// pop and push read the cache base and the CPU count from `FAST` (offsets 8
+// and 16) inside the section, rip-relative, to spare two registers.
+static_assertions::const_assert!(core::mem::offset_of!(super::cache::Fast, caches) == 8);
+static_assertions::const_assert!(core::mem::offset_of!(super::cache::Fast, ncpu) == 16);
 
 /// Pops a slot of the class at `hdr_off` from the current CPU's cache and marks
 /// it allocated. Returns `(slot, cache)`; slot 0 when the cache is empty or the
@@ -41,7 +46,7 @@ use super::cache::{ENTRIES_OFF, SHIFT, TINY_OFF};
 /// `caches` the base of `ncpu` caches of stride `1 << SHIFT`, `hdr_off` < the
 /// header array size.
 #[inline(always)]
-pub unsafe fn pop(off: isize, caches: usize, ncpu: usize, hdr_off: usize) -> (usize, usize) {
+pub unsafe fn pop(off: isize, hdr_off: usize) -> (usize, usize) {
     let p: usize;
     let c: usize;
     // SAFETY: see the module docs; every memory access is inside the CPU's cache
@@ -53,10 +58,10 @@ pub unsafe fn pop(off: isize, caches: usize, ncpu: usize, hdr_off: usize) -> (us
             "mov qword ptr fs:[{off} + 8], {t}",
             "3:",
             "mov {c:e}, dword ptr fs:[{off} + 4]",
-            "cmp {c}, {ncpu}",
+            "cmp {c}, qword ptr [rip + {fast} + 16]",
             "jae 7f",
             "shl {c}, {shift}",
-            "add {c}, {caches}",
+            "add {c}, qword ptr [rip + {fast} + 8]",
             "mov {h}, qword ptr [{c} + {hoff}]",
             "movzx {t:e}, {h:x}",
             "mov {s:e}, {h:e}",
@@ -91,8 +96,7 @@ pub unsafe fn pop(off: isize, caches: usize, ncpu: usize, hdr_off: usize) -> (us
             "jmp 2b",
             ".popsection",
             off = in(reg) off,
-            ncpu = in(reg) ncpu,
-            caches = in(reg) caches,
+            fast = sym FAST,
             hoff = in(reg) hdr_off,
             shift = const SHIFT,
             ent_p = const ENTRIES_OFF - 16,
@@ -114,14 +118,7 @@ pub unsafe fn pop(off: isize, caches: usize, ncpu: usize, hdr_off: usize) -> (us
 /// # Safety
 /// As for [`pop`].
 #[inline(always)]
-pub unsafe fn push(
-    off: isize,
-    caches: usize,
-    ncpu: usize,
-    hdr_off: usize,
-    ptr: usize,
-    state: usize,
-) -> usize {
+pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize) -> usize {
     let r: usize;
     // SAFETY: as for pop; entries above `current` are scratch until the commit.
     unsafe {
@@ -131,10 +128,10 @@ pub unsafe fn push(
             "mov qword ptr fs:[{off} + 8], {t}",
             "3:",
             "mov {c:e}, dword ptr fs:[{off} + 4]",
-            "cmp {c}, {ncpu}",
+            "cmp {c}, qword ptr [rip + {fast} + 16]",
             "jae 7f",
             "shl {c}, {shift}",
-            "add {c}, {caches}",
+            "add {c}, qword ptr [rip + {fast} + 8]",
             "mov {h}, qword ptr [{c} + {hoff}]",
             "movzx {t:e}, {h:x}",
             "mov {r}, {h}",
@@ -166,8 +163,7 @@ pub unsafe fn push(
             "jmp 2b",
             ".popsection",
             off = in(reg) off,
-            ncpu = in(reg) ncpu,
-            caches = in(reg) caches,
+            fast = sym FAST,
             hoff = in(reg) hdr_off,
             ptr = in(reg) ptr,
             st = in(reg) state,
