@@ -190,15 +190,7 @@ pub fn tiny_alloc(size: usize, align: usize) -> usize {
         return 0;
     }
     // SAFETY: as in pop; size < 16 and align <= 8 by the caller's routing.
-    unsafe {
-        rseq_ops::tiny_alloc(
-            off,
-            FAST.caches.load(Relaxed),
-            FAST.ncpu.load(Relaxed),
-            size,
-            tiny_amask(size, align),
-        )
-    }
+    unsafe { rseq_ops::tiny_alloc(off, size, tiny_amask(size, align)) }
 }
 
 /// Go's tiny alignment: 8 if the size is a multiple of 8, else 4, 2, 1, and
@@ -243,8 +235,6 @@ fn route() -> Route {
 
 fn args(sc: usize, buf: &mut [Entry]) -> BatchArgs {
     BatchArgs {
-        caches: FAST.caches.load(Relaxed),
-        ncpu: FAST.ncpu.load(Relaxed),
         hdr_off: sc * 8,
         n: buf.len(),
         buf: buf.as_mut_ptr() as *mut u8,
@@ -468,9 +458,7 @@ pub fn tiny_alloc_slow(size: usize, align: usize) -> usize {
             }
             let w = tiny_word(blk, size);
             // SAFETY: off is registered for this thread.
-            let (done, old) = unsafe {
-                rseq_ops::tiny_swap(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), w)
-            };
+            let (done, old) = unsafe { rseq_ops::tiny_swap(off, w) };
             if !done {
                 // The thread lost its CPU number: the block holds this object alone.
                 retire_tiny(w);
@@ -698,8 +686,7 @@ pub fn drain_all_cpus() {
                     central::drain(sc, &buf[..k]);
                 }
             }
-            let (done, old) =
-                rseq_ops::tiny_swap(off, FAST.caches.load(Relaxed), FAST.ncpu.load(Relaxed), 0);
+            let (done, old) = rseq_ops::tiny_swap(off, 0);
             if done && old != 0 {
                 retire_tiny(old);
             }

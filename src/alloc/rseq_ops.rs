@@ -37,6 +37,55 @@ use super::cache::{ENTRIES_OFF, FAST, SHIFT, TINY_OFF};
 static_assertions::const_assert!(core::mem::offset_of!(super::cache::Fast, caches) == 8);
 static_assertions::const_assert!(core::mem::offset_of!(super::cache::Fast, ncpu) == 16);
 
+/// Publishes the section's descriptor (label 8) in the thread's rseq area,
+/// starts the critical section (label 3) and reads the CPU number into `{c}`.
+macro_rules! rseq_begin {
+    () => {
+        concat!(
+            "2:\n",
+            "lea {t}, [rip + 8f]\n",
+            "mov qword ptr fs:[{off} + 8], {t}\n",
+            "3:\n",
+            "mov {c:e}, dword ptr fs:[{off} + 4]\n",
+        )
+    };
+}
+
+/// Turns the CPU number in `{c}` into that CPU's cache, or leaves for the
+/// failure exit (label 7) when the thread has no valid CPU number.
+macro_rules! rseq_cpu_cache {
+    () => {
+        concat!(
+            "cmp {c}, qword ptr [rip + {fast} + 16]\n",
+            "jae 7f\n",
+            "shl {c}, {shift}\n",
+            "add {c}, qword ptr [rip + {fast} + 8]\n",
+        )
+    };
+}
+
+/// The section's descriptor {version 0, flags 0, start 3, length 4-3, abort 5}
+/// and its abort handler, preceded by the signature (as a ud1 instruction),
+/// which restarts the section from label 2.
+macro_rules! rseq_end {
+    () => {
+        concat!(
+            ".pushsection __rseq_cs, \"aw\"\n",
+            ".balign 32\n",
+            "8:\n",
+            ".long 0, 0\n",
+            ".quad 3b, 4b - 3b, 5f\n",
+            ".popsection\n",
+            ".pushsection __rseq_failure, \"ax\"\n",
+            ".byte 0x0f, 0xb9, 0x3d\n",
+            ".long 0x53053053\n",
+            "5:\n",
+            "jmp 2b\n",
+            ".popsection\n",
+        )
+    };
+}
+
 /// Pops a slot of the class at `hdr_off` from the current CPU's cache and marks
 /// it allocated. Returns `(slot, cache)`; slot 0 when the cache is empty or the
 /// thread has no valid CPU number.
@@ -53,15 +102,8 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> (usize, usize) {
     // or the slot-state byte of a cached entry, and the section restarts on abort.
     unsafe {
         asm!(
-            "2:",
-            "lea {t}, [rip + 8f]",
-            "mov qword ptr fs:[{off} + 8], {t}",
-            "3:",
-            "mov {c:e}, dword ptr fs:[{off} + 4]",
-            "cmp {c}, qword ptr [rip + {fast} + 16]",
-            "jae 7f",
-            "shl {c}, {shift}",
-            "add {c}, qword ptr [rip + {fast} + 8]",
+            rseq_begin!(),
+            rseq_cpu_cache!(),
             "mov {h}, qword ptr [{c} + {hoff}]",
             "movzx {t:e}, {h:x}",
             "mov {s:e}, {h:e}",
@@ -83,18 +125,7 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> (usize, usize) {
             ".pushsection magpie_alloc_windows, \"awR\"",
             ".quad 4b, 9b",
             ".popsection",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "8:",
-            ".long 0, 0",
-            ".quad 3b, 4b - 3b, 5f",
-            ".popsection",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long 0x53053053",
-            "5:",
-            "jmp 2b",
-            ".popsection",
+            rseq_end!(),
             off = in(reg) off,
             fast = sym FAST,
             hoff = in(reg) hdr_off,
@@ -123,15 +154,8 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize) -> usiz
     // SAFETY: as for pop; entries above `current` are scratch until the commit.
     unsafe {
         asm!(
-            "2:",
-            "lea {t}, [rip + 8f]",
-            "mov qword ptr fs:[{off} + 8], {t}",
-            "3:",
-            "mov {c:e}, dword ptr fs:[{off} + 4]",
-            "cmp {c}, qword ptr [rip + {fast} + 16]",
-            "jae 7f",
-            "shl {c}, {shift}",
-            "add {c}, qword ptr [rip + {fast} + 8]",
+            rseq_begin!(),
+            rseq_cpu_cache!(),
             "mov {h}, qword ptr [{c} + {hoff}]",
             "movzx {t:e}, {h:x}",
             "mov {r}, {h}",
@@ -150,18 +174,7 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize) -> usiz
             "7:",
             "xor {r:e}, {r:e}",
             "6:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "8:",
-            ".long 0, 0",
-            ".quad 3b, 4b - 3b, 5f",
-            ".popsection",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long 0x53053053",
-            "5:",
-            "jmp 2b",
-            ".popsection",
+            rseq_end!(),
             off = in(reg) off,
             fast = sym FAST,
             hoff = in(reg) hdr_off,
@@ -183,8 +196,6 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize) -> usiz
 /// Arguments of the batch sections, passed in memory to spare registers.
 #[repr(C)]
 pub struct BatchArgs {
-    pub caches: usize,
-    pub ncpu: usize,
     pub hdr_off: usize,
     /// Most entries to move.
     pub n: usize,
@@ -204,29 +215,22 @@ pub unsafe fn pop_batch(off: isize, a: &BatchArgs) -> usize {
     // redone on restart.
     unsafe {
         asm!(
-            "2:",
-            "lea {t}, [rip + 8f]",
-            "mov qword ptr fs:[{off} + 8], {t}",
-            "3:",
-            "mov {c:e}, dword ptr fs:[{off} + 4]",
-            "cmp {c}, qword ptr [{a} + 8]",
-            "jae 7f",
-            "shl {c}, {shift}",
-            "add {c}, qword ptr [{a}]",
-            "mov {t}, qword ptr [{a} + 16]",
+            rseq_begin!(),
+            rseq_cpu_cache!(),
+            "mov {t}, qword ptr [{a}]",
             "mov {h}, qword ptr [{c} + {t}]",
             "movzx {k:e}, {h:x}",
             "mov {j:e}, {h:e}",
             "shr {j:e}, 16",
             "sub {k:e}, {j:e}",
             "jz 7f",
-            "cmp {k}, qword ptr [{a} + 24]",
-            "cmova {k}, qword ptr [{a} + 24]",
+            "cmp {k}, qword ptr [{a} + 8]",
+            "cmova {k}, qword ptr [{a} + 8]",
             "movzx {j:e}, {h:x}",
             "sub {j:e}, {k:e}",
             "shl {j}, 4",
             "lea {j}, [{c} + {j} + {ent}]",
-            "mov {t}, qword ptr [{a} + 32]",
+            "mov {t}, qword ptr [{a} + 16]",
             "mov {x}, {k}",
             "shl {x}, 4",
             "add {x}, {j}",
@@ -238,27 +242,17 @@ pub unsafe fn pop_batch(off: isize, a: &BatchArgs) -> usize {
             "cmp {j}, {x}",
             "jb 12b",
             "sub {h}, {k}",
-            "mov {t}, qword ptr [{a} + 16]",
+            "mov {t}, qword ptr [{a}]",
             "mov qword ptr [{c} + {t}], {h}",
             "4:",
             "jmp 6f",
             "7:",
             "xor {k:e}, {k:e}",
             "6:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "8:",
-            ".long 0, 0",
-            ".quad 3b, 4b - 3b, 5f",
-            ".popsection",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long 0x53053053",
-            "5:",
-            "jmp 2b",
-            ".popsection",
+            rseq_end!(),
             off = in(reg) off,
             a = in(reg) a as *const BatchArgs,
+            fast = sym FAST,
             shift = const SHIFT,
             ent = const ENTRIES_OFF,
             t = out(reg) _,
@@ -285,16 +279,9 @@ pub unsafe fn push_batch(off: isize, a: &BatchArgs) -> usize {
     // SAFETY: as for push.
     unsafe {
         asm!(
-            "2:",
-            "lea {t}, [rip + 8f]",
-            "mov qword ptr fs:[{off} + 8], {t}",
-            "3:",
-            "mov {c:e}, dword ptr fs:[{off} + 4]",
-            "cmp {c}, qword ptr [{a} + 8]",
-            "jae 7f",
-            "shl {c}, {shift}",
-            "add {c}, qword ptr [{a}]",
-            "mov {t}, qword ptr [{a} + 16]",
+            rseq_begin!(),
+            rseq_cpu_cache!(),
+            "mov {t}, qword ptr [{a}]",
             "mov {h}, qword ptr [{c} + {t}]",
             "movzx {j:e}, {h:x}",
             "mov {k}, {h}",
@@ -302,11 +289,11 @@ pub unsafe fn push_batch(off: isize, a: &BatchArgs) -> usize {
             "movzx {k:e}, {k:x}",
             "sub {k:e}, {j:e}",
             "jz 7f",
-            "cmp {k}, qword ptr [{a} + 24]",
-            "cmova {k}, qword ptr [{a} + 24]",
+            "cmp {k}, qword ptr [{a} + 8]",
+            "cmova {k}, qword ptr [{a} + 8]",
             "shl {j}, 4",
             "lea {j}, [{c} + {j} + {ent}]",
-            "mov {t}, qword ptr [{a} + 32]",
+            "mov {t}, qword ptr [{a} + 16]",
             "mov {x}, {k}",
             "shl {x}, 4",
             "add {x}, {t}",
@@ -318,27 +305,17 @@ pub unsafe fn push_batch(off: isize, a: &BatchArgs) -> usize {
             "cmp {t}, {x}",
             "jb 12b",
             "add {h}, {k}",
-            "mov {t}, qword ptr [{a} + 16]",
+            "mov {t}, qword ptr [{a}]",
             "mov qword ptr [{c} + {t}], {h}",
             "4:",
             "jmp 6f",
             "7:",
             "xor {k:e}, {k:e}",
             "6:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "8:",
-            ".long 0, 0",
-            ".quad 3b, 4b - 3b, 5f",
-            ".popsection",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long 0x53053053",
-            "5:",
-            "jmp 2b",
-            ".popsection",
+            rseq_end!(),
             off = in(reg) off,
             a = in(reg) a as *const BatchArgs,
+            fast = sym FAST,
             shift = const SHIFT,
             ent = const ENTRIES_OFF,
             t = out(reg) _,
@@ -361,26 +338,13 @@ pub unsafe fn push_batch(off: isize, a: &BatchArgs) -> usize {
 /// # Safety
 /// As for [`pop`]; size < 16, amask + 1 a power of two <= 8.
 #[inline(always)]
-pub unsafe fn tiny_alloc(
-    off: isize,
-    caches: usize,
-    ncpu: usize,
-    size: usize,
-    amask: usize,
-) -> usize {
+pub unsafe fn tiny_alloc(off: isize, size: usize, amask: usize) -> usize {
     let r: usize;
     // SAFETY: as for pop; the commit is the single store of the tiny word.
     unsafe {
         asm!(
-            "2:",
-            "lea {t}, [rip + 8f]",
-            "mov qword ptr fs:[{off} + 8], {t}",
-            "3:",
-            "mov {c:e}, dword ptr fs:[{off} + 4]",
-            "cmp {c}, {ncpu}",
-            "jae 7f",
-            "shl {c}, {shift}",
-            "add {c}, {caches}",
+            rseq_begin!(),
+            rseq_cpu_cache!(),
             "mov {w}, qword ptr [{c} + {tiny}]",
             "test {w}, {w}",
             "jz 7f",
@@ -406,21 +370,9 @@ pub unsafe fn tiny_alloc(
             "7:",
             "xor {w:e}, {w:e}",
             "6:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "8:",
-            ".long 0, 0",
-            ".quad 3b, 4b - 3b, 5f",
-            ".popsection",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long 0x53053053",
-            "5:",
-            "jmp 2b",
-            ".popsection",
+            rseq_end!(),
             off = in(reg) off,
-            ncpu = in(reg) ncpu,
-            caches = in(reg) caches,
+            fast = sym FAST,
             size = in(reg) size,
             amask = in(reg) amask,
             shift = const SHIFT,
@@ -440,21 +392,14 @@ pub unsafe fn tiny_alloc(
 /// # Safety
 /// As for [`pop`].
 #[inline(always)]
-pub unsafe fn tiny_swap(off: isize, caches: usize, ncpu: usize, new: usize) -> (bool, usize) {
+pub unsafe fn tiny_swap(off: isize, new: usize) -> (bool, usize) {
     let old: usize;
     let ok: usize;
     // SAFETY: as for pop; the commit is the store of the new word.
     unsafe {
         asm!(
-            "2:",
-            "lea {t}, [rip + 8f]",
-            "mov qword ptr fs:[{off} + 8], {t}",
-            "3:",
-            "mov {c:e}, dword ptr fs:[{off} + 4]",
-            "cmp {c}, {ncpu}",
-            "jae 7f",
-            "shl {c}, {shift}",
-            "add {c}, {caches}",
+            rseq_begin!(),
+            rseq_cpu_cache!(),
             "mov {old}, qword ptr [{c} + {tiny}]",
             "mov qword ptr [{c} + {tiny}], {new}",
             "4:",
@@ -464,21 +409,9 @@ pub unsafe fn tiny_swap(off: isize, caches: usize, ncpu: usize, new: usize) -> (
             "xor {ok:e}, {ok:e}",
             "xor {old:e}, {old:e}",
             "6:",
-            ".pushsection __rseq_cs, \"aw\"",
-            ".balign 32",
-            "8:",
-            ".long 0, 0",
-            ".quad 3b, 4b - 3b, 5f",
-            ".popsection",
-            ".pushsection __rseq_failure, \"ax\"",
-            ".byte 0x0f, 0xb9, 0x3d",
-            ".long 0x53053053",
-            "5:",
-            "jmp 2b",
-            ".popsection",
+            rseq_end!(),
             off = in(reg) off,
-            ncpu = in(reg) ncpu,
-            caches = in(reg) caches,
+            fast = sym FAST,
             new = in(reg) new,
             shift = const SHIFT,
             tiny = const TINY_OFF,

@@ -299,11 +299,11 @@ fn build(src: &Path, dir: &Path, names: &[&str]) -> Result<(), String> {
     for name in names {
         let c = src.join("benches/c").join(format!("{name}.c"));
         let bin = dir.join(name);
-        let fresh = match (std::fs::metadata(&c), std::fs::metadata(&bin)) {
-            (Ok(cm), Ok(bm)) => match (cm.modified(), bm.modified()) {
-                (Ok(ct), Ok(bt)) => bt >= ct,
-                _ => false,
-            },
+        // The binary is fresh if newer than its source and the shared header.
+        let header = src.join("benches/c/common.h");
+        let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified());
+        let fresh = match (mtime(&c), mtime(&bin)) {
+            (Ok(ct), Ok(bt)) => bt >= ct && mtime(&header).map_or(true, |ht| bt >= ht),
             (Err(e), _) => return Err(format!("cannot read {}: {e}", c.display())),
             _ => false,
         };
