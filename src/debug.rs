@@ -58,7 +58,7 @@ pub fn verify_heap() -> Result<HeapReport, VerifyError> {
             span::LARGE => {
                 r.large_spans += 1;
                 match sp.large_alloc.load(Relaxed) {
-                    span::SLOT_ALLOCATED | span::SLOT_MANAGED => {
+                    st if span::is_allocated(st) => {
                         r.live_objects += 1;
                         r.live_bytes += sp.npages * crate::alloc::sizeclass::PAGE_SIZE;
                     }
@@ -179,7 +179,7 @@ fn check_small(sp: &span::Span, r: &mut HeapReport) -> Result<(), VerifyError> {
         }
         match st {
             span::SLOT_FREE => {}
-            span::SLOT_ALLOCATED | span::SLOT_MANAGED => {
+            st if span::is_allocated(st) => {
                 r.live_objects += 1;
                 r.live_bytes += sp.elemsize as usize;
                 if sp.tiny {

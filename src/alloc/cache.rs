@@ -372,7 +372,7 @@ pub fn pop_slow(sc: usize) -> usize {
 
 fn mark_allocated(e: Entry) -> usize {
     // SAFETY: an entry's state field is its slot's state byte.
-    unsafe { (*(e.state as *const AtomicU8)).store(span::SLOT_ALLOCATED, Relaxed) };
+    unsafe { (*(e.state as *const AtomicU8)).store(crate::gc::alloc_tag(), Relaxed) };
     e.ptr
 }
 

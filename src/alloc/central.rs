@@ -304,12 +304,13 @@ unsafe fn sweep_span_locked(
     let mut freed_any = false;
     for i in 0..sp.nelems as usize {
         let st = sp.slot_state(i).load(Relaxed);
-        if !span::is_allocated(st) || sp.is_marked(i) {
+        // Free, marked, or allocated after the mark (allocate-black): not garbage.
+        if !span::is_allocated(st) || sp.is_marked(i) || span::born_in(st, gen) {
             continue;
         }
         r.objects += 1;
         r.bytes += size as u64;
-        if collect || st == span::SLOT_MANAGED {
+        if collect || span::is_managed(st) {
             sp.slot_state(i).store(span::SLOT_FREE, Relaxed);
             sp.put_slot(i);
             r.freed_objects += 1;

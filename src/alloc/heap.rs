@@ -635,7 +635,7 @@ pub unsafe fn sweep_large(s: *mut Span, gen: u32, free: impl Fn(u8) -> bool) -> 
         (*s).sweepgen.store(gen, Relaxed);
         let st = (*s).large_alloc.load(Relaxed);
         let marked = (*s).large_mark.swap(0, Relaxed) != 0;
-        if !span::is_allocated(st) || marked {
+        if !span::is_allocated(st) || marked || span::born_in(st, gen) {
             return (0, false);
         }
         let bytes = (*s).npages * PAGE_SIZE;

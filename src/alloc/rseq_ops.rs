@@ -22,8 +22,9 @@
 //! ```
 //! Labels avoid 0 and 1: LLVM reads `1b`/`0b` in Intel syntax as binary numbers.
 //!
-//! The allocation pop marks the slot allocated (its state byte) with one store
-//! right after the commit, at a known address range recorded in the
+//! The allocation pop marks the slot allocated with one store right after the
+//! commit — the state byte carrying the current sweep generation, read inside
+//! the section so that a stop in between makes it read again — at a known address range recorded in the
 //! `magpie_alloc_windows` section: a thread interrupted exactly there has taken a
 //! slot it has not marked yet, and the collector's stop handler lets it run on
 //! past that instruction before stopping it.
@@ -113,10 +114,11 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> (usize, usize) {
             "shl {t:e}, 4",
             "mov {p}, qword ptr [{c} + {t} + {ent_p}]",
             "mov {s}, qword ptr [{c} + {t} + {ent_s}]",
+            "movzx {t:e}, byte ptr [rip + {tag}]",
             "dec {h}",
             "mov qword ptr [{c} + {hoff}], {h}",
             "4:",
-            "mov byte ptr [{s}], 1",
+            "mov byte ptr [{s}], {t:l}",
             "9:",
             "jmp 6f",
             "7:",
@@ -128,6 +130,7 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> (usize, usize) {
             rseq_end!(),
             off = in(reg) off,
             fast = sym FAST,
+            tag = sym crate::gc::ALLOC_TAG,
             hoff = in(reg) hdr_off,
             shift = const SHIFT,
             ent_p = const ENTRIES_OFF - 16,

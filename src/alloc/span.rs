@@ -38,17 +38,39 @@ pub fn is_slotted(state: u8) -> bool {
     state == SMALL || state == TINY
 }
 
-/// Values of a slot's `alloc` byte: bit 0 set while the slot holds an object;
-/// bit 1 set too when the object is GC-managed (`Gc`, `magpie_gc_malloc`):
-/// reclaimed when unreachable in every mode but `off`.
+/// A slot's `alloc` byte: 0 while free; else bit 0 is set, bit 1 marks a
+/// GC-managed object (`Gc`, `magpie_gc_malloc`: reclaimed when unreachable in
+/// every mode but `off`), and bits 2..8 hold the sweep generation the object
+/// was allocated in (mod 64). The sweeper never frees an object born in the
+/// current generation: it was allocated after the mark (allocate-black), e.g.
+/// in a slot a stopped thread was freeing during the mark.
 pub const SLOT_FREE: u8 = 0;
 pub const SLOT_ALLOCATED: u8 = 1;
-pub const SLOT_MANAGED: u8 = 3;
+pub const SLOT_MANAGED_BIT: u8 = 2;
+const GEN_SHIFT: u32 = 2;
 
 /// True if a slot-state byte says the slot holds an object.
 #[inline(always)]
 pub fn is_allocated(state: u8) -> bool {
     state & SLOT_ALLOCATED != 0
+}
+
+/// True if the object is GC-managed.
+#[inline(always)]
+pub fn is_managed(state: u8) -> bool {
+    state & SLOT_MANAGED_BIT != 0
+}
+
+/// The state byte of an object allocated in sweep generation `gen`.
+#[inline(always)]
+pub const fn alloc_byte(gen: u32) -> u8 {
+    SLOT_ALLOCATED | (((gen & 63) as u8) << GEN_SHIFT)
+}
+
+/// True if the object was allocated in sweep generation `gen`.
+#[inline(always)]
+pub fn born_in(state: u8, gen: u32) -> bool {
+    state >> GEN_SHIFT == (gen & 63) as u8
 }
 
 /// A span record. The fields `free` reads come first, so the fast path touches
@@ -192,7 +214,7 @@ impl Span {
         self.elemsize = 0;
         self.nelems = 1;
         self.nfree = 0;
-        self.large_alloc.store(SLOT_ALLOCATED, Relaxed);
+        self.large_alloc.store(crate::gc::alloc_tag(), Relaxed);
         self.large_mark.store(0, Relaxed);
         self.alloc = &self.large_alloc;
         self.sweepgen.store(crate::gc::sweepgen(), Relaxed);

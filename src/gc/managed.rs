@@ -27,10 +27,12 @@ fn mark_managed(p: *mut u8) {
     // SAFETY: p was just allocated; its span is live.
     let sp = unsafe { &*s };
     match sp.state.load(Relaxed) {
-        span::LARGE => sp.large_alloc.store(span::SLOT_MANAGED, Relaxed),
+        span::LARGE => {
+            sp.large_alloc.fetch_or(span::SLOT_MANAGED_BIT, Relaxed);
+        }
         _ => {
             let i = sp.slot_of(p as usize);
-            sp.slot_state(i).store(span::SLOT_MANAGED, Relaxed);
+            sp.slot_state(i).fetch_or(span::SLOT_MANAGED_BIT, Relaxed);
         }
     }
 }

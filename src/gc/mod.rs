@@ -66,6 +66,9 @@ static MODE: AtomicU8 = AtomicU8::new(0);
 static PHASE: AtomicU8 = AtomicU8::new(0);
 /// The sweep generation: a span whose `sweepgen` differs needs sweeping.
 static SWEEPGEN: AtomicU32 = AtomicU32::new(1);
+/// The slot-state byte allocations store now: `span::alloc_byte(SWEEPGEN)`.
+/// The rseq pop reads it inside its critical section.
+pub static ALLOC_TAG: AtomicU8 = AtomicU8::new(span::alloc_byte(1));
 static GOGC: AtomicU64 = AtomicU64::new(100);
 static STRESS: AtomicU64 = AtomicU64::new(0);
 static STRESS_COUNT: AtomicU64 = AtomicU64::new(0);
@@ -97,6 +100,12 @@ pub fn phase() -> Phase {
 #[inline(always)]
 pub fn sweepgen() -> u32 {
     SWEEPGEN.load(Relaxed)
+}
+
+/// The state byte of an object allocated now.
+#[inline(always)]
+pub fn alloc_tag() -> u8 {
+    ALLOC_TAG.load(Relaxed)
 }
 
 /// Reads the collector's configuration; called once at allocator init.
@@ -349,9 +358,8 @@ fn sweep_all() {
         }
         if st == span::LARGE {
             // SAFETY: s came from the page map.
-            let (bytes, freed) = unsafe {
-                heap::sweep_large(s, gen, |state| collect || state == span::SLOT_MANAGED)
-            };
+            let (bytes, freed) =
+                unsafe { heap::sweep_large(s, gen, |state| collect || span::is_managed(state)) };
             if bytes > 0 {
                 C.unreachable_objects.fetch_add(!freed as u64, Relaxed);
                 C.unreachable_bytes
@@ -454,7 +462,8 @@ pub fn collect_now() -> bool {
         let _ = crate::alloc::alloc_c(32);
     }
     if maps_ok {
-        SWEEPGEN.fetch_add(1, Release);
+        let g = SWEEPGEN.fetch_add(1, Release) + 1;
+        ALLOC_TAG.store(span::alloc_byte(g), Release);
     } else {
         // Free nothing: clear this cycle's marks by sweeping nothing... the
         // marks would make the next cycle keep garbage; clear them instead.
@@ -470,18 +479,16 @@ pub fn collect_now() -> bool {
         });
     }
     PHASE.store(Phase::Off as u8, Release);
-    // Sweep before the world restarts. Sweeping concurrently with the program
-    // (lazily in refill, and by the collector) is built — sweep generations,
-    // refill sweeping first — but a race in it freed live objects under GC
-    // stress with threads coming and going, so for now the sweep is part of
-    // the pause; spans are all swept when the world restarts.
+    stop::restart_world();
+    let t_end = os::now_ns();
+    // Sweep with the world running (and lazily, in refill). Objects allocated
+    // from now on carry the new generation in their state byte, and the
+    // sweeper never frees those (allocate-black).
     let t_s = os::now_ns();
     if maps_ok {
         sweep_all();
     }
     C.sweep_ns.fetch_add(os::now_ns() - t_s, Relaxed);
-    stop::restart_world();
-    let t_end = os::now_ns();
 
     let pause = t_end - t0;
     let cycle = C.cycles.fetch_add(1, Relaxed);

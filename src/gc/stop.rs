@@ -174,6 +174,51 @@ fn list_threads(out: &mut [i32]) -> usize {
     n
 }
 
+/// True if thread `tid` is asleep with the stop signal blocked (as some
+/// programs' helper threads are: redis's bio threads block every signal). It
+/// cannot answer a stop, so the cycle is given up at once instead of stopping
+/// the world for the whole timeout. A thread that blocks signals only for a
+/// moment (it is running) is waited for as usual.
+fn sleeps_with_stop_signal_blocked(tid: i32) -> bool {
+    let mut path = [0u8; 48];
+    let mut w = crate::sys::fatal::StackBuf::<48>::new();
+    let _ = core::fmt::Write::write_fmt(&mut w, format_args!("/proc/self/task/{tid}/status"));
+    let n = w.as_bytes().len();
+    path[..n].copy_from_slice(w.as_bytes());
+    let Ok(cpath) = core::ffi::CStr::from_bytes_until_nul(&path[..n + 1]) else {
+        return false;
+    };
+    let mut buf = [0u8; 2048];
+    let Some(len) = os::read_file(cpath, &mut buf) else {
+        return false;
+    };
+    let text = &buf[..len];
+    let field = |name: &[u8]| -> Option<&[u8]> {
+        let i = text.windows(name.len()).position(|x| x == name)? + name.len();
+        let rest = &text[i..];
+        let rest = &rest[rest.iter().position(|&c| c != b'\t' && c != b' ')?..];
+        let end = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
+        Some(&rest[..end])
+    };
+    let sleeping = matches!(
+        field(b"State:").and_then(|v| v.first().copied()),
+        Some(b'S') | Some(b'D')
+    );
+    let blocked = field(b"SigBlk:").map_or(false, |hex| {
+        let mut v: u64 = 0;
+        for &c in hex {
+            let d = match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => break,
+            };
+            v = (v << 4) | d as u64;
+        }
+        v & (1u64 << (SIGNAL - 1)) != 0
+    });
+    sleeping && blocked
+}
+
 /// How a stop ended.
 pub enum Stopped {
     /// Every other thread is parked; their count.
@@ -207,7 +252,7 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
                 if t == me || (0..n).any(|i| TABLE.tid[i].load(Relaxed) == t) {
                     continue;
                 }
-                if n == MAX_THREADS {
+                if n == MAX_THREADS || sleeps_with_stop_signal_blocked(t) {
                     restart_world();
                     return Stopped::GaveUp;
                 }
