@@ -50,6 +50,11 @@ pub fn verify_heap() -> Result<HeapReport, VerifyError> {
     if !engine::is_ready() {
         return Ok(HeapReport::default());
     }
+    // The collector thread may be sweeping: check between cycles.
+    crate::gc::without_cycles(verify_quiescent)
+}
+
+fn verify_quiescent() -> Result<HeapReport, VerifyError> {
     let mut r = HeapReport::default();
     heap::verify(|s| {
         // SAFETY: verify passes live in-use span records.

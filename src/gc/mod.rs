@@ -112,7 +112,7 @@ pub fn alloc_tag() -> u8 {
 /// Returns true if the collector is on (the caller then keeps allocations on
 /// the slow path when GC stress is requested).
 pub fn init() -> bool {
-    let m = env::get_choice("MAGPIE_GC", &["off", "leakcheck", "collect"], 0);
+    let m = env::get_choice("MAGPIE_GC", &["off", "leakcheck", "collect"], 2);
     GOGC.store(env::get_u64("MAGPIE_GOGC", 100, 1, 100_000), Relaxed);
     STRESS.store(env::get_u64("MAGPIE_GC_STRESS", 0, 0, u64::MAX), Relaxed);
     STOP_TIMEOUT_NS.store(
@@ -506,6 +506,12 @@ pub fn collect_now() -> bool {
     let goal = m.marked_bytes.max(1) * (100 + GOGC.load(Relaxed)) / 100;
     NEXT_GC.store(goal.max(MIN_HEAP).max(after + after / 4), Relaxed);
     maps_ok
+}
+
+/// Runs `f` while no collection cycle (and no collector sweep) is in progress.
+pub fn without_cycles<R>(f: impl FnOnce() -> R) -> R {
+    let _cycle = CYCLE.lock();
+    f()
 }
 
 /// Fork: hold the cycle lock across fork so the child never inherits a cycle

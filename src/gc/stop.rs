@@ -174,12 +174,12 @@ fn list_threads(out: &mut [i32]) -> usize {
     n
 }
 
-/// True if thread `tid` is asleep with the stop signal blocked (as some
-/// programs' helper threads are: redis's bio threads block every signal). It
-/// cannot answer a stop, so the cycle is given up at once instead of stopping
-/// the world for the whole timeout. A thread that blocks signals only for a
-/// moment (it is running) is waited for as usual.
-fn sleeps_with_stop_signal_blocked(tid: i32) -> bool {
+/// True if thread `tid` has the stop signal blocked now (from its
+/// `/proc/self/task/<tid>/status`). Some helper threads block every signal for
+/// good (jemalloc's background thread in redis), and a thread glibc is still
+/// creating has every signal blocked and may wait for a lock its stopped
+/// creator holds: neither can answer a stop.
+fn stop_signal_blocked_now(tid: i32) -> bool {
     let mut path = [0u8; 48];
     let mut w = crate::sys::fatal::StackBuf::<48>::new();
     let _ = core::fmt::Write::write_fmt(&mut w, format_args!("/proc/self/task/{tid}/status"));
@@ -200,10 +200,6 @@ fn sleeps_with_stop_signal_blocked(tid: i32) -> bool {
         let end = rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len());
         Some(&rest[..end])
     };
-    let sleeping = matches!(
-        field(b"State:").and_then(|v| v.first().copied()),
-        Some(b'S') | Some(b'D')
-    );
     let blocked = field(b"SigBlk:").map_or(false, |hex| {
         let mut v: u64 = 0;
         for &c in hex {
@@ -216,7 +212,7 @@ fn sleeps_with_stop_signal_blocked(tid: i32) -> bool {
         }
         v & (1u64 << (SIGNAL - 1)) != 0
     });
-    sleeping && blocked
+    blocked
 }
 
 /// How a stop ended.
@@ -241,6 +237,7 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
     let mut tids = [0i32; 1024];
     let mut last_send = 0u64;
     let mut listed_after_acks = false;
+    let mut checked_blocked = false;
     loop {
         // Add threads not seen yet and signal them.
         let mut added = 0;
@@ -252,7 +249,7 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
                 if t == me || (0..n).any(|i| TABLE.tid[i].load(Relaxed) == t) {
                     continue;
                 }
-                if n == MAX_THREADS || sleeps_with_stop_signal_blocked(t) {
+                if n == MAX_THREADS {
                     restart_world();
                     return Stopped::GaveUp;
                 }
@@ -288,8 +285,23 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
         listed_after_acks = false;
         let now = os::now_ns();
         if now - start > timeout_ns {
+            report_unstopped_once();
             restart_world();
             return Stopped::GaveUp;
+        }
+        // A thread still silent after 20 ms with the stop signal blocked will
+        // not answer (a thread just leaving the previous stop's handler has
+        // answered by then): give up now rather than after the full timeout.
+        if now - start > 20_000_000 && !checked_blocked {
+            checked_blocked = true;
+            for i in 0..n as usize {
+                let tid = TABLE.tid[i].load(Relaxed);
+                if !TABLE.acked[i].load(Acquire) && stop_signal_blocked_now(tid) {
+                    report_once(tid, "blocks the stop signal");
+                    restart_world();
+                    return Stopped::GaveUp;
+                }
+            }
         }
         // Re-send to threads that have not answered (lost signals, threads
         // let run out of an allocation window) every 200 µs.
@@ -309,6 +321,33 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
             }
         }
         futex::wait(&ACKS, acks, Some(50_000));
+    }
+}
+
+/// Says, once per process, why a cycle was given up.
+fn report_once(tid: i32, why: &str) {
+    static REPORTED: AtomicBool = AtomicBool::new(false);
+    if !REPORTED.swap(true, Relaxed) {
+        let mut w = crate::sys::fatal::StackBuf::<48>::new();
+        let _ = core::fmt::Write::write_fmt(&mut w, format_args!("/proc/self/task/{tid}/comm\0"));
+        let mut name = [0u8; 32];
+        let n = core::ffi::CStr::from_bytes_until_nul(w.as_bytes())
+            .ok()
+            .and_then(|p| os::read_file(p, &mut name))
+            .unwrap_or(0);
+        let name = core::str::from_utf8(&name[..n]).unwrap_or("?").trim_end();
+        crate::sys::fatal::warn(format_args!(
+            "collection given up: thread {tid} ({name}) {why} (signal {SIGNAL}); nothing is freed while that lasts (MAGPIE_STOP_TIMEOUT_MS, MAGPIE_GC=off)"
+        ));
+    }
+}
+
+fn report_unstopped_once() {
+    for i in 0..TABLE.n.load(Acquire) {
+        if !TABLE.acked[i].load(Acquire) {
+            report_once(TABLE.tid[i].load(Relaxed), "did not stop in time");
+            return;
+        }
     }
 }
 
