@@ -97,8 +97,7 @@ ENVIRONMENT (read by libmagpie.so and by Rust programs using magpie):
     MAGPIE_GC=MODE         off: a plain allocator, no collector thread, no
                            signals; leakcheck: report unreachable, never-freed
                            memory as leaks and free nothing but GC-managed
-                           memory; collect: free it (default off while the
-                           collector is new)
+                           memory; collect (the default): free it
     MAGPIE_GOGC=N          start a collection when the heap has grown by N%
                            net (allocated minus freed) over the live heap the
                            last collection found, and by at least 4 MiB
