@@ -51,7 +51,7 @@ pub const fn noscan_of_sc(sc: usize) -> bool {
     sc == TINY_SC || sc & 1 == 1
 }
 
-/// Per-CPU cache capacity of span class `sc`: about 64 KiB of objects, 2 to 128.
+/// Per-CPU cache capacity of span class `sc`: about 64 KiB of objects, 2 to 512.
 pub const fn cache_cap(sc: usize) -> usize {
     let size = sizeclass::TABLE.size[class_of_sc(sc)] as usize;
     if sc < 2 {
@@ -60,8 +60,8 @@ pub const fn cache_cap(sc: usize) -> usize {
     let n = (64 << 10) / size;
     if n < 2 {
         2
-    } else if n > 128 {
-        128
+    } else if n > 512 {
+        512
     } else {
         n
     }

@@ -378,10 +378,25 @@ fn sweep_all() {
 
 /// Runs a whole cycle now, in the calling thread. Returns false if the
 /// collector is off or the cycle was abandoned (a thread did not stop).
+#[inline(never)]
 pub fn collect_now() -> bool {
     if mode() == Mode::Off || !crate::alloc::is_ready() {
         return false;
     }
+    // This thread's stack is scanned from here up: its registers spilled into
+    // this small frame, and its callers' frames. The cycle's own (large) frames
+    // lie below and are not scanned, so stale words left there by the
+    // program's dead frames do not keep garbage alive.
+    let mut regs = [0usize; 6];
+    stop::spill_registers(&mut regs);
+    let sp = core::hint::black_box(&regs).as_ptr() as usize;
+    let r = cycle(sp);
+    core::hint::black_box(&regs);
+    r
+}
+
+#[inline(never)]
+fn cycle(my_sp: usize) -> bool {
     let _cycle = CYCLE.lock();
     let t_sweep = os::now_ns();
     sweep_all();
@@ -407,9 +422,6 @@ pub fn collect_now() -> bool {
     // Roots: this thread's stack (from a frame holding its registers), the
     // stopped threads' stacks from their stack pointers, and every other
     // writable mapping not magpie's own.
-    let mut regs = [0usize; 6];
-    stop::spill_registers(&mut regs);
-    let my_sp = core::hint::black_box(&regs).as_ptr() as usize;
     let mut sps = [0usize; 256];
     let mut nsp = 0;
     sps[nsp] = my_sp;

