@@ -5,7 +5,7 @@
 //! as Rust's global allocator, as a C API (`magpie_malloc` and friends) and, in
 //! `libmagpie.so`, as an LD_PRELOAD replacement for the malloc family.
 //!
-//! ```ignore
+//! ```no_run
 //! #[global_allocator]
 //! static A: magpie::Magpie = magpie::Magpie;
 //! ```

@@ -6,7 +6,7 @@ use crate::alloc::{self as engine, sizeclass};
 
 /// magpie as Rust's global allocator:
 ///
-/// ```ignore
+/// ```no_run
 /// #[global_allocator]
 /// static A: magpie::Magpie = magpie::Magpie;
 /// ```
