@@ -85,13 +85,16 @@ scenarios! {
     root_interior_pointer => "interior",
 }
 
-/// Objects nothing points to must be reclaimed and handed out again. Ignored
-/// for now: in about 4 runs in 10 none of the 100 nodes comes back (seen when
-/// only explicit collections run). Whether they are retained (a stale word
-/// somewhere) or freed and their span returned to the page heap and reused for
-/// other sizes is not settled yet; run it with `--ignored`.
+/// Objects nothing points to must be reclaimed and handed out again. Ignored:
+/// the check is unsound, not the collector. Traced with a watch on node 0's
+/// address: node 0 *is* reclaimed during the churn, and its slot is reused by
+/// a later garbage node; that round's garbage list stays reachable until the
+/// next cycle through a stale copy of its head (a callee-saved register or a
+/// stack word: ordinary conservative retention of one round), so node 0's
+/// address is still occupied when the reuse loop looks for it. The test needs
+/// a check that does not depend on slot reuse.
 #[test]
-#[ignore = "open finding: reclaimed-and-reused count flaky; see the comment"]
+#[ignore = "unsound check (slot reuse), not a collector bug; see the comment"]
 fn control_unreferenced_objects_are_reclaimed() {
     run_scenario("control", &[]);
 }
