@@ -18,27 +18,6 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(240);
 
-fn programs_dir() -> PathBuf {
-    manifest_dir().join("tests").join("programs")
-}
-
-fn program(name: &str) -> PathBuf {
-    programs_dir().join(name)
-}
-
-/// A command with a clean, fixed environment (PATH, HOME, locale, TZ).
-fn clean(tool: &Path, home: &Path) -> Command {
-    let mut c = Command::new(tool);
-    c.env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", home)
-        .env("LC_ALL", "C")
-        .env("TZ", "UTC")
-        .env("TMPDIR", home)
-        .current_dir(home);
-    c
-}
-
 #[test]
 fn python_object_heavy_script() {
     let Some(py) = tool_or_skip("python3") else {
@@ -188,11 +167,7 @@ fn sqlite3_in_memory_database() {
     let sql = std::fs::read(program("queries.sql")).unwrap();
     let (g, _) = compare_runs(
         "sqlite3 :memory:",
-        || {
-            let mut c = clean(&sq, &dir);
-            c.arg(":memory:");
-            c
-        },
+        || sqlite_workload(&sq, &dir),
         Some(&sql),
         LIMIT,
         true,
@@ -210,11 +185,7 @@ fn perl_hashes_and_regexes() {
     let dir = scratch("perl");
     compare_runs(
         "perl hashes.pl",
-        || {
-            let mut c = clean(&perl, &dir);
-            c.env("PERL_HASH_SEED", "0").arg(program("hashes.pl"));
-            c
-        },
+        || perl_workload(&perl, &dir),
         None,
         LIMIT,
         true,
@@ -229,11 +200,7 @@ fn lua_tables() {
     let dir = scratch("lua");
     compare_runs(
         "lua5.4 tables.lua",
-        || {
-            let mut c = clean(&lua, &dir);
-            c.arg(program("tables.lua"));
-            c
-        },
+        || lua_workload(&lua, &dir),
         None,
         LIMIT,
         true,

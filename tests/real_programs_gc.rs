@@ -12,7 +12,6 @@
 mod preload_util;
 
 use preload_util::*;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -30,23 +29,6 @@ const PERL_STRESS: u64 = 8000;
 const PERL_MIN: u64 = 100;
 const LUA_STRESS: u64 = 10000;
 const LUA_MIN: u64 = 100;
-
-fn program(name: &str) -> PathBuf {
-    manifest_dir().join("tests").join("programs").join(name)
-}
-
-/// A command with a clean, fixed environment (PATH, HOME, locale, TZ).
-fn clean(tool: &Path, home: &Path) -> Command {
-    let mut c = Command::new(tool);
-    c.env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", home)
-        .env("LC_ALL", "C")
-        .env("TZ", "UTC")
-        .env("TMPDIR", home)
-        .current_dir(home);
-    c
-}
 
 /// `s` without magpie's `MAGPIE_STATS=1` summary (a "magpie: statistics"
 /// line and the indented lines after it).
@@ -181,11 +163,7 @@ fn sqlite3_in_memory_database_collected() {
     let sql = std::fs::read(program("queries.sql")).unwrap();
     let (g, _) = compare_gc(
         "sqlite3 :memory:",
-        || {
-            let mut c = clean(&sq, &dir);
-            c.arg(":memory:");
-            c
-        },
+        || sqlite_workload(&sq, &dir),
         Some(&sql),
         SQLITE_STRESS,
         SQLITE_MIN,
@@ -203,11 +181,7 @@ fn perl_hashes_and_regexes_collected() {
     let dir = scratch("gc_perl");
     compare_gc(
         "perl hashes.pl",
-        || {
-            let mut c = clean(&perl, &dir);
-            c.env("PERL_HASH_SEED", "0").arg(program("hashes.pl"));
-            c
-        },
+        || perl_workload(&perl, &dir),
         None,
         PERL_STRESS,
         PERL_MIN,
@@ -222,11 +196,7 @@ fn lua_tables_collected() {
     let dir = scratch("gc_lua");
     compare_gc(
         "lua5.4 tables.lua",
-        || {
-            let mut c = clean(&lua, &dir);
-            c.arg(program("tables.lua"));
-            c
-        },
+        || lua_workload(&lua, &dir),
         None,
         LUA_STRESS,
         LUA_MIN,

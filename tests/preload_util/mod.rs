@@ -391,3 +391,46 @@ pub fn checksum(path: &Path) -> (u64, u64) {
     }
     (h, n)
 }
+
+// ---------------------------------------------------------------------------
+// The real programs' workloads, shared by tests/real_programs.rs (glibc vs
+// magpie) and tests/real_programs_gc.rs (the same under the collector).
+
+/// A file of tests/programs.
+pub fn program(name: &str) -> PathBuf {
+    manifest_dir().join("tests").join("programs").join(name)
+}
+
+/// A command with a clean, fixed environment (PATH, HOME, locale, TZ).
+pub fn clean(tool: &Path, home: &Path) -> Command {
+    let mut c = Command::new(tool);
+    c.env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", home)
+        .env("LC_ALL", "C")
+        .env("TZ", "UTC")
+        .env("TMPDIR", home)
+        .current_dir(home);
+    c
+}
+
+/// sqlite3 on an in-memory database (queries.sql on standard input).
+pub fn sqlite_workload(sqlite3: &Path, home: &Path) -> Command {
+    let mut c = clean(sqlite3, home);
+    c.arg(":memory:");
+    c
+}
+
+/// perl on hashes.pl, with a fixed hash seed.
+pub fn perl_workload(perl: &Path, home: &Path) -> Command {
+    let mut c = clean(perl, home);
+    c.env("PERL_HASH_SEED", "0").arg(program("hashes.pl"));
+    c
+}
+
+/// lua5.4 on tables.lua.
+pub fn lua_workload(lua: &Path, home: &Path) -> Command {
+    let mut c = clean(lua, home);
+    c.arg(program("tables.lua"));
+    c
+}
