@@ -282,7 +282,7 @@ fn sweep_locked(g: &mut Guard<'_>, s: *mut Span) {
     let collect = crate::gc::mode() == crate::gc::Mode::Collect;
     // SAFETY: s is on this class's partial list, under the lock.
     let r = unsafe { sweep_span_locked(g, s, collect, &mut |_, _| {}) };
-    crate::gc::note_lazy_sweep(r);
+    crate::gc::note_swept(r);
 }
 
 /// # Safety

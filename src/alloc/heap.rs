@@ -131,14 +131,6 @@ pub fn range() -> (usize, usize) {
     (MAP.base.load(Relaxed), MAP.size.load(Relaxed))
 }
 
-/// The page-map range `(address, bytes)`, magpie's own metadata.
-pub fn pagemap_range() -> (usize, usize) {
-    (
-        MAP.pagemap.load(Relaxed) as usize,
-        (MAP.size.load(Relaxed) >> PAGE_SHIFT) * 8,
-    )
-}
-
 #[inline(always)]
 fn entry(addr: usize) -> Option<&'static AtomicUsize> {
     let off = addr.wrapping_sub(MAP.base.load(Relaxed));

@@ -333,8 +333,8 @@ pub fn stats() -> GcStats {
     }
 }
 
-/// A lazy sweep by an allocation (counted with the collector's sweeping).
-pub fn note_lazy_sweep(r: central::Swept) {
+/// Counts what a sweep of a span found (lazy, by an allocation, or by the collector).
+pub fn note_swept(r: central::Swept) {
     C.reclaimed_objects.fetch_add(r.freed_objects, Relaxed);
     C.reclaimed_bytes.fetch_add(r.freed_bytes, Relaxed);
     C.unreachable_objects
@@ -371,7 +371,7 @@ fn sweep_all() {
             }
         } else {
             let r = central::sweep(s, collect, &mut |_, _| {});
-            note_lazy_sweep(r);
+            note_swept(r);
         }
     });
 }
@@ -440,7 +440,7 @@ fn cycle(my_sp: usize) -> bool {
     let sps = &mut sps[..nsp];
     sps.sort_unstable();
     let mut own = [(0usize, 0usize); 1024];
-    let nown = roots::own_ranges(&mut own);
+    let nown = crate::sys::owned::snapshot(&mut own);
     let own = &own[..nown];
     let maps_ok = roots::for_each_writable_mapping(|r| {
         roots::minus_own(r.lo, r.hi, own, |lo, hi| {

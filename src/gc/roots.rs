@@ -2,8 +2,6 @@
 //! `/proc/self/maps` without allocating, minus magpie's own mappings, with
 //! thread stacks scanned only from their stack pointer up.
 
-use crate::sys::owned;
-
 /// A readable, writable, private mapping.
 #[derive(Clone, Copy, Default)]
 pub struct Range {
@@ -124,11 +122,6 @@ pub fn minus_own(lo: usize, hi: usize, own: &[(usize, usize)], mut f: impl FnMut
     if cur < hi {
         f(cur, hi);
     }
-}
-
-/// A sorted snapshot of magpie's own mappings.
-pub fn own_ranges(out: &mut [(usize, usize)]) -> usize {
-    owned::snapshot(out)
 }
 
 #[cfg(test)]

@@ -49,14 +49,6 @@ pub fn snapshot(out: &mut [(usize, usize)]) -> usize {
     n
 }
 
-/// True if `[addr, addr+len)` overlaps a registered range.
-pub fn overlaps(addr: usize, len: usize) -> bool {
-    let r = REGISTRY.lock();
-    r.ranges[..r.len]
-        .iter()
-        .any(|&(a, l)| addr < a + l && a < addr + len)
-}
-
 pub fn lock_for_fork() {
     core::mem::forget(REGISTRY.lock());
 }
