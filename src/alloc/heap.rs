@@ -767,29 +767,16 @@ pub fn verify(
         return Err(E::new("in-use page count is wrong", inuse));
     }
     // Visit in-use spans without the heap lock (visitors take central locks,
-    // which come before the heap lock in the lock order).
-    let end = h.committed_end;
+    // which come before the heap lock in the lock order); the walk is
+    // for_each_span's, and stops visiting at the first broken invariant.
     drop(h);
-    let mut addr = base;
-    while addr < end {
-        let s = span_of(addr);
-        if s.is_null() {
-            // A free span: skip to its end.
-            let f = free_span_at(addr);
-            if f.is_null() {
-                break;
-            }
-            // SAFETY: f is a free span record.
-            addr = unsafe { (*f).end() };
-            continue;
+    let mut result = Ok(());
+    for_each_span(|s| {
+        if result.is_ok() {
+            result = visit(s);
         }
-        // SAFETY: as above; the heap may change concurrently only if other
-        // threads allocate, which verify's callers avoid.
-        let sp = unsafe { &*s };
-        addr = sp.end().max(addr + PAGE_SIZE);
-        visit(s)?;
-    }
-    Ok(())
+    });
+    result
 }
 
 pub fn lock_for_fork() {
