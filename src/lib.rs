@@ -23,6 +23,7 @@ pub mod config;
 pub mod debug;
 pub mod front;
 pub mod gc;
+pub mod leak;
 pub mod stats;
 pub mod sys;
 

@@ -1,0 +1,1 @@
+//! Symbolization of return addresses for the leak report.

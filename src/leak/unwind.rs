@@ -1,0 +1,1 @@
+//! Call-stack capture without frame pointers (DWARF CFI from .eh_frame).
