@@ -21,6 +21,7 @@ fn main() {
         .file("shim/shim.c")
         .flag("-fno-builtin") // else gcc turns calloc's malloc+memset into a call to calloc
         .flag("-fexceptions") // operator new throws std::bad_alloc through the shim's frames
+        .flag("-fno-omit-frame-pointer") // leakcheck reads the caller's rbp from the frame
         .flag_if_supported("-fPIC")
         .flag("-Wall")
         .flag("-Wextra")

@@ -29,19 +29,42 @@ extern size_t magpie_malloc_usable_size(void *p);
 extern int magpie_malloc_trim(size_t pad);
 extern void magpie_fill_mallinfo2(struct mallinfo2 *mi);
 
+/* Leakcheck (MAGPIE_GC=leakcheck): every allocation records its site. The
+ * shim passes its caller's registers (return address, CFA, rbp) so the stack
+ * starts at the program's call. The shim is compiled with frame pointers, so
+ * the caller's rbp is the word at this function's frame address. */
+extern unsigned char magpie_leak_tracking;
+extern void magpie_leak_record(void *p, size_t size, uintptr_t ip, uintptr_t sp, uintptr_t bp);
+#define TRACKING() __builtin_expect(__atomic_load_n(&magpie_leak_tracking, __ATOMIC_RELAXED), 0)
+#define RECORD(p, size)                                                                    \
+    magpie_leak_record((p), (size), (uintptr_t)__builtin_return_address(0),                \
+                       (uintptr_t)__builtin_dwarf_cfa(), *(uintptr_t *)__builtin_frame_address(0))
+/* Defines an exported allocation function: `call` computes p, then the site is
+ * recorded for `size` bytes when tracking. */
+#define TRACKED(p, size, call)                                                             \
+    void *p = (call);                                                                      \
+    if (TRACKING() && p)                                                                   \
+        RECORD(p, size);                                                                   \
+    return p
+
 /* ---- C ---------------------------------------------------------------- */
 
-EXPORT void *malloc(size_t size) { return magpie_malloc(size); }
+EXPORT void *malloc(size_t size) { TRACKED(p, size, magpie_malloc(size)); }
 EXPORT void free(void *p) { magpie_free(p); }
 EXPORT void cfree(void *p) { magpie_free(p); }
-EXPORT void *calloc(size_t n, size_t size) { return magpie_calloc(n, size); }
-EXPORT void *realloc(void *p, size_t size) { return magpie_realloc(p, size); }
-EXPORT void *reallocarray(void *p, size_t n, size_t size) { return magpie_reallocarray(p, n, size); }
-EXPORT int posix_memalign(void **out, size_t align, size_t size) { return magpie_posix_memalign(out, align, size); }
-EXPORT void *aligned_alloc(size_t align, size_t size) { return magpie_aligned_alloc(align, size); }
-EXPORT void *memalign(size_t align, size_t size) { return magpie_memalign(align, size); }
-EXPORT void *valloc(size_t size) { return magpie_valloc(size); }
-EXPORT void *pvalloc(size_t size) { return magpie_pvalloc(size); }
+EXPORT void *calloc(size_t n, size_t size) { TRACKED(p, n * size, magpie_calloc(n, size)); }
+EXPORT void *realloc(void *old, size_t size) { TRACKED(p, size, magpie_realloc(old, size)); }
+EXPORT void *reallocarray(void *old, size_t n, size_t size) { TRACKED(p, n * size, magpie_reallocarray(old, n, size)); }
+EXPORT int posix_memalign(void **out, size_t align, size_t size) {
+    int r = magpie_posix_memalign(out, align, size);
+    if (TRACKING() && r == 0)
+        RECORD(*out, size);
+    return r;
+}
+EXPORT void *aligned_alloc(size_t align, size_t size) { TRACKED(p, size, magpie_aligned_alloc(align, size)); }
+EXPORT void *memalign(size_t align, size_t size) { TRACKED(p, size, magpie_memalign(align, size)); }
+EXPORT void *valloc(size_t size) { TRACKED(p, size, magpie_valloc(size)); }
+EXPORT void *pvalloc(size_t size) { TRACKED(p, size, magpie_pvalloc(size)); }
 EXPORT size_t malloc_usable_size(void *p) { return magpie_malloc_usable_size(p); }
 EXPORT int malloc_trim(size_t pad) { return magpie_malloc_trim(pad); }
 
@@ -79,14 +102,19 @@ EXPORT struct mallinfo mallinfo(void) {
 }
 
 /* glibc's internal names, used by some programs and by libc itself. */
-EXPORT void *__libc_malloc(size_t size) { return magpie_malloc(size); }
+EXPORT void *__libc_malloc(size_t size) { TRACKED(p, size, magpie_malloc(size)); }
 EXPORT void __libc_free(void *p) { magpie_free(p); }
-EXPORT void *__libc_calloc(size_t n, size_t size) { return magpie_calloc(n, size); }
-EXPORT void *__libc_realloc(void *p, size_t size) { return magpie_realloc(p, size); }
-EXPORT void *__libc_memalign(size_t align, size_t size) { return magpie_memalign(align, size); }
-EXPORT void *__libc_valloc(size_t size) { return magpie_valloc(size); }
-EXPORT void *__libc_pvalloc(size_t size) { return magpie_pvalloc(size); }
-EXPORT int __posix_memalign(void **out, size_t align, size_t size) { return magpie_posix_memalign(out, align, size); }
+EXPORT void *__libc_calloc(size_t n, size_t size) { TRACKED(p, n * size, magpie_calloc(n, size)); }
+EXPORT void *__libc_realloc(void *old, size_t size) { TRACKED(p, size, magpie_realloc(old, size)); }
+EXPORT void *__libc_memalign(size_t align, size_t size) { TRACKED(p, size, magpie_memalign(align, size)); }
+EXPORT void *__libc_valloc(size_t size) { TRACKED(p, size, magpie_valloc(size)); }
+EXPORT void *__libc_pvalloc(size_t size) { TRACKED(p, size, magpie_pvalloc(size)); }
+EXPORT int __posix_memalign(void **out, size_t align, size_t size) {
+    int r = magpie_posix_memalign(out, align, size);
+    if (TRACKING() && r == 0)
+        RECORD(*out, size);
+    return r;
+}
 
 /* ---- C++ -------------------------------------------------------------- */
 /* Throwing operator new must call the installed new_handler and retry, and
@@ -139,16 +167,16 @@ static inline void *cxx_new_aligned_nothrow(size_t size, size_t align) {
 }
 
 /* new / new[] */
-EXPORT void *_Znwm(size_t n) { return cxx_new(n); }
-EXPORT void *_Znam(size_t n) { return cxx_new(n); }
+EXPORT void *_Znwm(size_t n) { TRACKED(p, n, cxx_new(n)); }
+EXPORT void *_Znam(size_t n) { TRACKED(p, n, cxx_new(n)); }
 /* nothrow */
-EXPORT void *_ZnwmRKSt9nothrow_t(size_t n, const void *t) { (void)t; return cxx_new_nothrow(n); }
-EXPORT void *_ZnamRKSt9nothrow_t(size_t n, const void *t) { (void)t; return cxx_new_nothrow(n); }
+EXPORT void *_ZnwmRKSt9nothrow_t(size_t n, const void *t) { (void)t; TRACKED(p, n, cxx_new_nothrow(n)); }
+EXPORT void *_ZnamRKSt9nothrow_t(size_t n, const void *t) { (void)t; TRACKED(p, n, cxx_new_nothrow(n)); }
 /* aligned (std::align_val_t) */
-EXPORT void *_ZnwmSt11align_val_t(size_t n, size_t al) { return cxx_new_aligned(n, al); }
-EXPORT void *_ZnamSt11align_val_t(size_t n, size_t al) { return cxx_new_aligned(n, al); }
-EXPORT void *_ZnwmSt11align_val_tRKSt9nothrow_t(size_t n, size_t al, const void *t) { (void)t; return cxx_new_aligned_nothrow(n, al); }
-EXPORT void *_ZnamSt11align_val_tRKSt9nothrow_t(size_t n, size_t al, const void *t) { (void)t; return cxx_new_aligned_nothrow(n, al); }
+EXPORT void *_ZnwmSt11align_val_t(size_t n, size_t al) { TRACKED(p, n, cxx_new_aligned(n, al)); }
+EXPORT void *_ZnamSt11align_val_t(size_t n, size_t al) { TRACKED(p, n, cxx_new_aligned(n, al)); }
+EXPORT void *_ZnwmSt11align_val_tRKSt9nothrow_t(size_t n, size_t al, const void *t) { (void)t; TRACKED(p, n, cxx_new_aligned_nothrow(n, al)); }
+EXPORT void *_ZnamSt11align_val_tRKSt9nothrow_t(size_t n, size_t al, const void *t) { (void)t; TRACKED(p, n, cxx_new_aligned_nothrow(n, al)); }
 
 /* delete / delete[], plain, sized, nothrow, aligned, sized+aligned */
 EXPORT void _ZdlPv(void *p) { magpie_free(p); }

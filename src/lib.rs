@@ -31,6 +31,7 @@ pub use front::capi::*;
 pub use front::global::Magpie;
 pub use gc::managed::{magpie_gc_collect, magpie_gc_malloc, magpie_gc_malloc_atomic, Gc};
 pub use gc::{GcStats, Mode};
+pub use leak::{leak_report, LeakTotals};
 pub use stats::{stats, ClassStats, Stats};
 
 /// Runs a full garbage collection now. Returns false if the collector is off

@@ -250,7 +250,7 @@ fn return_slot(g: &mut Guard<'_>, p: usize) {
 /// What sweeping a span did.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Swept {
-    /// Objects (and bytes) found unreachable.
+    /// Objects (and bytes) found unreachable (leaks: only when first found).
     pub objects: u64,
     pub bytes: u64,
     /// Of those, freed (collect mode, or GC-managed).
@@ -259,9 +259,10 @@ pub struct Swept {
 }
 
 /// Sweeps small span `s` if it still needs it: unmarked allocated objects are
-/// unreachable; they are freed if GC-managed or in collect mode (else left
-/// and reported by `on_leak`). Clears the marks; stamps the span swept.
-pub fn sweep(s: *mut Span, collect: bool, on_leak: &mut dyn FnMut(usize, usize)) -> Swept {
+/// unreachable; they are freed if GC-managed or in collect mode, else left
+/// allocated and counted as leaks (once each, see `leak::note_unreachable`).
+/// Clears the marks; stamps the span swept.
+pub fn sweep(s: *mut Span, collect: bool) -> Swept {
     // SAFETY: s is a span record found through the page map (type-stable);
     // its class and state are re-checked under the class lock.
     let sc = unsafe { (*s).spanclass as usize };
@@ -274,14 +275,14 @@ pub fn sweep(s: *mut Span, collect: bool, on_leak: &mut dyn FnMut(usize, usize))
         if !span::is_slotted((*s).state.load(Relaxed)) || (*s).spanclass as usize != sc {
             return Swept::default();
         }
-        sweep_span_locked(&mut g, s, collect, on_leak)
+        sweep_span_locked(&mut g, s, collect)
     }
 }
 
 fn sweep_locked(g: &mut Guard<'_>, s: *mut Span) {
     let collect = crate::gc::mode() == crate::gc::Mode::Collect;
     // SAFETY: s is on this class's partial list, under the lock.
-    let r = unsafe { sweep_span_locked(g, s, collect, &mut |_, _| {}) };
+    let r = unsafe { sweep_span_locked(g, s, collect) };
     crate::gc::note_swept(r);
 }
 
@@ -291,7 +292,6 @@ unsafe fn sweep_span_locked(
     g: &mut Guard<'_>,
     s: *mut Span,
     collect: bool,
-    on_leak: &mut dyn FnMut(usize, usize),
 ) -> Swept {
     let mut r = Swept::default();
     // SAFETY: the caller's contract.
@@ -308,16 +308,24 @@ unsafe fn sweep_span_locked(
         if !span::is_allocated(st) || sp.is_marked(i) || span::born_in(st, gen) {
             continue;
         }
-        r.objects += 1;
-        r.bytes += size as u64;
         if collect || span::is_managed(st) {
             sp.slot_state(i).store(span::SLOT_FREE, Relaxed);
             sp.put_slot(i);
+            r.objects += 1;
+            r.bytes += size as u64;
             r.freed_objects += 1;
             r.freed_bytes += size as u64;
             freed_any = true;
         } else {
-            on_leak(sp.slot_addr(i), size);
+            // A leak: counted the first time a cycle finds it.
+            let bytes = match sp.site(i) {
+                Some(rec) => crate::leak::note_unreachable(rec, size),
+                None => size,
+            };
+            if bytes > 0 {
+                r.objects += 1;
+                r.bytes += bytes as u64;
+            }
         }
     }
     sp.clear_marks();

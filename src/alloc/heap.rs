@@ -612,31 +612,40 @@ pub fn for_each_span(mut f: impl FnMut(*mut Span)) {
 }
 
 /// Sweeps large span `s` for the cycle that just ended: an unmarked object is
-/// unreachable; it is freed when `free` says so for its state byte. Returns
-/// (object bytes if unreachable, whether freed).
+/// unreachable; it is freed in collect mode or when GC-managed, else counted
+/// as a leak (once).
 ///
 /// # Safety
 /// `s` is a span record found through the page map.
-pub unsafe fn sweep_large(s: *mut Span, gen: u32, free: impl Fn(u8) -> bool) -> (usize, bool) {
+pub unsafe fn sweep_large(s: *mut Span, gen: u32, collect: bool) -> crate::alloc::central::Swept {
+    let mut r = crate::alloc::central::Swept::default();
     let mut h = HEAP.lock();
     // SAFETY: under the heap lock the span cannot change state.
     unsafe {
         if (*s).state.load(Relaxed) != span::LARGE || (*s).sweepgen.load(Relaxed) == gen {
-            return (0, false);
+            return r;
         }
         (*s).sweepgen.store(gen, Relaxed);
         let st = (*s).large_alloc.load(Relaxed);
         let marked = (*s).large_mark.swap(0, Relaxed) != 0;
         if !span::is_allocated(st) || marked || span::born_in(st, gen) {
-            return (0, false);
+            return r;
         }
         let bytes = (*s).npages * PAGE_SIZE;
-        if free(st) {
+        if collect || span::is_managed(st) {
             (*s).large_alloc.store(span::SLOT_FREE, Relaxed);
             h.release(s);
-            return (bytes, true);
+            r.freed_objects = 1;
+            r.freed_bytes = bytes as u64;
+            r.objects = 1;
+            r.bytes = bytes as u64;
+        } else {
+            // A leak: counted the first time a cycle finds it.
+            let b = crate::leak::note_unreachable(&(*s).large_site, bytes);
+            r.objects = (b > 0) as u64;
+            r.bytes = b as u64;
         }
-        (bytes, false)
+        r
     }
 }
 

@@ -72,6 +72,7 @@ pub fn is_ready() -> bool {
 
 fn init_once() -> bool {
     config::load();
+    crate::leak::init();
     let ncpu = os::possible_cpus();
     heap::init(
         config::RESERVE.load(Relaxed),
@@ -95,6 +96,11 @@ fn after_init() {
             crate::stats::keep_stderr_for_exit();
             libc::atexit(crate::stats::print_at_exit);
         }
+        // Registered after (so run before) the statistics: the report's last
+        // collection then shows in them.
+        if crate::leak::tracking() {
+            libc::atexit(crate::leak::at_exit);
+        }
     }
 }
 
@@ -102,6 +108,7 @@ fn after_init() {
 /// them free and consistent.
 extern "C" fn fork_prepare() {
     crate::gc::lock_for_fork();
+    crate::leak::stacks::lock_for_fork();
     cache::lock_for_fork();
     central::lock_for_fork();
     heap::lock_for_fork();
@@ -134,6 +141,7 @@ unsafe fn release_fork_locks() {
         heap::unlock_after_fork();
         central::unlock_after_fork();
         cache::unlock_after_fork();
+        crate::leak::stacks::unlock_after_fork();
     }
 }
 
@@ -250,7 +258,8 @@ fn rust_noscan(align: usize) -> bool {
 pub fn alloc_rust(size: usize, align: usize, zero: bool) -> *mut u8 {
     let size = size.max(1);
     let noscan = rust_noscan(align);
-    let p = if noscan && size < 16 {
+    // Leakcheck gives every object a slot (and a site record) of its own.
+    let p = if noscan && size < 16 && !crate::leak::tracking() {
         alloc_tiny(size, align)
     } else {
         match sizeclass::class_for(size, align) {
@@ -381,6 +390,9 @@ pub fn free(p: *mut u8) {
             if !span::is_allocated(st.load(Relaxed)) {
                 double_free(p);
             }
+            if crate::leak::tracking() {
+                crate::leak::on_free(s, i);
+            }
             st.store(span::SLOT_FREE, Relaxed);
             let e = Entry {
                 ptr: p,
@@ -395,7 +407,12 @@ pub fn free(p: *mut u8) {
             let _g = guard::enter();
             cache::tiny_free(s, i, p);
         }
-        Owner::Large(s) => free_large(s),
+        Owner::Large(s) => {
+            if crate::leak::tracking() {
+                crate::leak::on_free(s, 0);
+            }
+            free_large(s)
+        }
     }
 }
 

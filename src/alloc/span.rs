@@ -114,6 +114,10 @@ pub struct Span {
     pub marks: *const AtomicU64,
     /// Large spans: the mark bit of the object.
     pub large_mark: AtomicU8,
+    /// Leakcheck: one site record per slot (see `leak::record`), or null.
+    pub sites: *const AtomicU64,
+    /// Leakcheck: the site record of a large span's object.
+    pub large_site: AtomicU64,
     /// The metadata block holding the bitmaps of a small span, and its size.
     bits_block: *mut u8,
     bits_size: usize,
@@ -162,7 +166,10 @@ impl Span {
         let n = self.npages * PAGE_SIZE / size;
         let words = n.div_ceil(64);
         let tiny_bytes = if tiny { n * 4 } else { 0 };
-        let bytes = words * 16 + tiny_bytes + n;
+        // Leakcheck keeps a site record per slot (tiny blocks hold only
+        // GC-managed objects then, which need none).
+        let site_bytes = if crate::leak::tracking() && !tiny { n * 8 } else { 0 };
+        let bytes = words * 16 + site_bytes + tiny_bytes + n;
         let block = meta::alloc(bytes);
         if block.is_null() {
             return false;
@@ -171,16 +178,21 @@ impl Span {
         self.bits_size = bytes;
         self.free_bits = block as *mut u64;
         // SAFETY: the block holds words*8 bytes of free bits, words*8 of mark
-        // bits, then (tiny) n 4-byte block states, then n slot-state bytes,
-        // all zeroed.
+        // bits, then (leakcheck) n 8-byte site records, then (tiny) n 4-byte
+        // block states, then n slot-state bytes, all zeroed.
         unsafe {
             self.marks = block.add(words * 8) as *const AtomicU64;
-            self.tiny_state = if tiny {
-                block.add(words * 16) as *const AtomicU32
+            self.sites = if site_bytes > 0 {
+                block.add(words * 16) as *const AtomicU64
             } else {
                 ptr::null()
             };
-            self.alloc = block.add(words * 16 + tiny_bytes) as *const AtomicU8;
+            self.tiny_state = if tiny {
+                block.add(words * 16 + site_bytes) as *const AtomicU32
+            } else {
+                ptr::null()
+            };
+            self.alloc = block.add(words * 16 + site_bytes + tiny_bytes) as *const AtomicU8;
             for w in 0..words {
                 let bits = if (w + 1) * 64 <= n {
                     !0u64
@@ -216,6 +228,7 @@ impl Span {
         self.nfree = 0;
         self.large_alloc.store(crate::gc::alloc_tag(), Relaxed);
         self.large_mark.store(0, Relaxed);
+        self.large_site.store(0, Relaxed);
         self.alloc = &self.large_alloc;
         self.sweepgen.store(crate::gc::sweepgen(), Relaxed);
         self.state.store(LARGE, Relaxed);
@@ -231,6 +244,7 @@ impl Span {
             self.alloc = ptr::null();
             self.tiny_state = ptr::null();
             self.marks = ptr::null();
+            self.sites = ptr::null();
         }
     }
 
@@ -252,6 +266,20 @@ impl Span {
         debug_assert!(i < self.nelems as usize);
         // SAFETY: i < nelems and alloc points at nelems bytes.
         unsafe { &*self.alloc.add(i) }
+    }
+
+    /// The leakcheck site record of the object at slot `i` (for a large span,
+    /// of its object), or None when the span keeps none.
+    #[inline]
+    pub fn site(&self, i: usize) -> Option<&AtomicU64> {
+        match self.state.load(Relaxed) {
+            LARGE => Some(&self.large_site),
+            SMALL if !self.sites.is_null() && i < self.nelems as usize => {
+                // SAFETY: small spans with sites have nelems records.
+                Some(unsafe { &*self.sites.add(i) })
+            }
+            _ => None,
+        }
     }
 
     /// The carved/freed state of tiny block `i`.

@@ -215,3 +215,11 @@ pub unsafe extern "C" fn magpie_fill_mallinfo2(mi: *mut [usize; 10]) {
     // SAFETY: the caller guarantees mi is writable.
     unsafe { *mi = v };
 }
+
+/// Leakcheck: runs a collection and writes the leak report (stderr, or the
+/// file `MAGPIE_LEAK_REPORT` names). Returns the bytes leaked so far (0
+/// outside `MAGPIE_GC=leakcheck`).
+#[no_mangle]
+pub extern "C" fn magpie_leak_report() -> usize {
+    crate::leak::leak_report().bytes as usize
+}

@@ -23,7 +23,11 @@ pub struct Magpie;
 unsafe impl GlobalAlloc for Magpie {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        engine::alloc_rust(layout.size(), layout.align(), false)
+        let p = engine::alloc_rust(layout.size(), layout.align(), false);
+        if crate::leak::tracking() {
+            crate::leak::record_here(p, layout.size());
+        }
+        p
     }
 
     #[inline]
@@ -33,7 +37,11 @@ unsafe impl GlobalAlloc for Magpie {
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        engine::alloc_rust(layout.size(), layout.align(), true)
+        let p = engine::alloc_rust(layout.size(), layout.align(), true);
+        if crate::leak::tracking() {
+            crate::leak::record_here(p, layout.size());
+        }
+        p
     }
 
     #[inline]
@@ -41,7 +49,7 @@ unsafe impl GlobalAlloc for Magpie {
         let align = layout.align();
         let noscan =
             align < 8 && !crate::config::SCAN_ALL.load(core::sync::atomic::Ordering::Relaxed);
-        engine::realloc_with(
+        let q = engine::realloc_with(
             ptr,
             new_size,
             Some(layout.size()),
@@ -49,6 +57,10 @@ unsafe impl GlobalAlloc for Magpie {
                 !(noscan && new_size < 16) && sizeclass::class_for(new_size, align) == Some(class)
             },
             || engine::alloc_rust(new_size, align, false),
-        )
+        );
+        if crate::leak::tracking() {
+            crate::leak::record_here(q, new_size);
+        }
+        q
     }
 }

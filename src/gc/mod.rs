@@ -48,6 +48,7 @@ use crate::alloc::{cache, central, heap, span};
 use crate::sys::{env, fatal, futex, os};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
 pub enum Mode {
     Off,
     LeakCheck,
@@ -79,6 +80,15 @@ static DEBUG_ALLOC_IN_TERMINATION: AtomicBool = AtomicBool::new(false);
 const MIN_HEAP: u64 = 4 << 20;
 
 static CYCLE: Mutex<()> = Mutex::new(());
+
+/// The mode `MAGPIE_GC` asks for (default `collect`).
+pub fn mode_from_env() -> Mode {
+    match env::get_choice("MAGPIE_GC", &["off", "leakcheck", "collect"], 2) {
+        0 => Mode::Off,
+        1 => Mode::LeakCheck,
+        _ => Mode::Collect,
+    }
+}
 
 pub fn mode() -> Mode {
     match MODE.load(Relaxed) {
@@ -112,7 +122,7 @@ pub fn alloc_tag() -> u8 {
 /// Returns true if the collector is on (the caller then keeps allocations on
 /// the slow path when GC stress is requested).
 pub fn init() -> bool {
-    let m = env::get_choice("MAGPIE_GC", &["off", "leakcheck", "collect"], 2);
+    let m = mode_from_env() as u8;
     GOGC.store(env::get_u64("MAGPIE_GOGC", 100, 1, 100_000), Relaxed);
     STRESS.store(env::get_u64("MAGPIE_GC_STRESS", 0, 0, u64::MAX), Relaxed);
     STOP_TIMEOUT_NS.store(
@@ -358,20 +368,10 @@ fn sweep_all() {
         }
         if st == span::LARGE {
             // SAFETY: s came from the page map.
-            let (bytes, freed) =
-                unsafe { heap::sweep_large(s, gen, |state| collect || span::is_managed(state)) };
-            if bytes > 0 {
-                C.unreachable_objects.fetch_add(!freed as u64, Relaxed);
-                C.unreachable_bytes
-                    .fetch_add(if freed { 0 } else { bytes as u64 }, Relaxed);
-                if freed {
-                    C.reclaimed_objects.fetch_add(1, Relaxed);
-                    C.reclaimed_bytes.fetch_add(bytes as u64, Relaxed);
-                }
-            }
-        } else {
-            let r = central::sweep(s, collect, &mut |_, _| {});
+            let r = unsafe { heap::sweep_large(s, gen, collect) };
             note_swept(r);
+        } else {
+            note_swept(central::sweep(s, collect));
         }
     });
 }
