@@ -81,6 +81,26 @@ const KNOWN: &[Known] = &[
         package: "",
         color: [228, 87, 46],
     },
+    // magpie in a fixed collector mode (MAGPIE_GC), e.g. to measure
+    // leakcheck's overhead beside `off` and glibc.
+    Known {
+        name: "magpie-off",
+        lib: "",
+        package: "",
+        color: [240, 150, 110],
+    },
+    Known {
+        name: "magpie-leakcheck",
+        lib: "",
+        package: "",
+        color: [150, 40, 20],
+    },
+    Known {
+        name: "magpie-collect",
+        lib: "",
+        package: "",
+        color: [250, 190, 160],
+    },
     Known {
         name: "glibc",
         lib: "",
@@ -149,7 +169,11 @@ fn parse(args: Vec<String>) -> Options {
         src: None,
         lib: None,
         gc: None,
-        allocators: KNOWN.iter().map(|k| k.name.to_string()).collect(),
+        allocators: KNOWN
+            .iter()
+            .filter(|k| !k.name.starts_with("magpie-"))
+            .map(|k| k.name.to_string())
+            .collect(),
         install: true,
         timeout: None,
     };
@@ -394,7 +418,7 @@ fn resolve_allocators(o: &Options, notes: &mut Vec<String>) -> Result<Vec<Alloc>
         let k = KNOWN.iter().find(|k| k.name == n).expect("validated");
         let lib = match k.name {
             "glibc" => None,
-            "magpie" => Some(cli::magpie_lib(o.lib.as_deref())?),
+            n if n.starts_with("magpie") => Some(cli::magpie_lib(o.lib.as_deref())?),
             _ => {
                 let p = PathBuf::from(k.lib);
                 if !p.exists() {
@@ -420,6 +444,8 @@ fn resolve_allocators(o: &Options, notes: &mut Vec<String>) -> Result<Vec<Alloc>
             if let Some(g) = &o.gc {
                 env.push(("MAGPIE_GC".to_string(), g.clone()));
             }
+        } else if let Some(mode) = k.name.strip_prefix("magpie-") {
+            env.push(("MAGPIE_GC".to_string(), mode.to_string()));
         }
         out.push(Alloc {
             name: k.name.to_string(),

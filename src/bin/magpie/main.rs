@@ -75,7 +75,9 @@ magpie bench [OPTIONS]
                        malloc_large, fragmentation
     --allocators LIST  allocators to compare, comma-separated, from magpie,
                        glibc, jemalloc, tcmalloc, mimalloc, or NAME=PATH for
-                       another preload library (default: all five)
+                       another preload library (default: all five); also
+                       magpie-off, magpie-leakcheck, magpie-collect: magpie
+                       with that MAGPIE_GC mode (leakcheck's overhead)
     --out DIR          where to write bench.md, bench.csv and bench.png
                        (default: target/bench in the source tree)
     --src DIR          the magpie source tree holding benches/c (default: the

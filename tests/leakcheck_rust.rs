@@ -1,0 +1,102 @@
+//! Leak detection for Rust programs with magpie as the global allocator
+//! (MAGPIE_GC=leakcheck): an `Rc` cycle, a `mem::forget`, and a `Box::leak`
+//! whose reference is then lost are reported at their sites, with exact sizes;
+//! what stays reachable is not. The leaking scenario runs in a child process
+//! (the mode is read at start-up) that exits through `exit`, so the report
+//! is written by magpie's exit handler.
+
+#[global_allocator]
+static A: magpie::Magpie = magpie::Magpie;
+
+mod common;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+#[allow(dead_code)]
+struct Node {
+    other: RefCell<Option<Rc<Node>>>,
+    payload: [u64; 5],
+}
+
+/// Two nodes pointing at each other; both handles dropped.
+#[inline(never)]
+fn make_rc_cycle() {
+    let a = Rc::new(Node {
+        other: RefCell::new(None),
+        payload: [1; 5],
+    });
+    let b = Rc::new(Node {
+        other: RefCell::new(Some(a.clone())),
+        payload: [2; 5],
+    });
+    *a.other.borrow_mut() = Some(b.clone());
+}
+
+#[inline(never)]
+fn forget_vec() {
+    let v: Vec<u8> = Vec::with_capacity(4000);
+    std::mem::forget(std::hint::black_box(v));
+}
+
+#[inline(never)]
+fn leak_box() {
+    let r: &'static mut [u64; 16] = Box::leak(Box::new([7u64; 16]));
+    std::hint::black_box(r);
+}
+
+static KEPT: std::sync::Mutex<Vec<Box<[u8; 300]>>> = std::sync::Mutex::new(Vec::new());
+
+#[inline(never)]
+fn keep_some() {
+    KEPT.lock().unwrap().push(Box::new([3; 300]));
+}
+
+#[inline(never)]
+fn scrub() {
+    std::hint::black_box([0u64; 4096]);
+}
+
+/// Size of an `Rc`'s heap block: two counts and the value.
+const RC_NODE: u64 = (2 * std::mem::size_of::<usize>() + std::mem::size_of::<Node>()) as u64;
+
+#[test]
+fn rust_leaks_are_reported_at_their_sites() {
+    if std::env::var_os("LEAKCHECK_CHILD").is_some() {
+        make_rc_cycle();
+        forget_vec();
+        leak_box();
+        keep_some();
+        scrub();
+        std::process::exit(0);
+    }
+    let o = common::reexec(
+        &[("LEAKCHECK_CHILD", "1"), ("MAGPIE_GC", "leakcheck")],
+        &["--exact", "rust_leaks_are_reported_at_their_sites", "--nocapture", "--test-threads=1"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}\n{err}", o.status);
+    // Each site: its bytes/objects line, then a stack naming the function.
+    let site = |function: &str| -> (u64, u64) {
+        let mut cur: Option<(u64, u64)> = None;
+        for line in err.lines() {
+            if line.ends_with(" leaked at:") {
+                let w: Vec<&str> = line.split_whitespace().collect();
+                cur = Some((w[0].parse().unwrap(), w[3].parse().unwrap()));
+            } else if line.trim_start().starts_with('#') && line.contains(function) {
+                return cur.unwrap();
+            }
+        }
+        panic!("no site in {function}:\n{err}");
+    };
+    assert_eq!(site("make_rc_cycle"), (2 * RC_NODE, 2), "{err}");
+    assert_eq!(site("forget_vec"), (4000, 1), "{err}");
+    assert_eq!(site("leak_box"), (128, 1), "{err}");
+    assert!(!err.contains("keep_some"), "reachable memory reported:\n{err}");
+    // magpie's own frames are not shown: stacks start in the program (or in
+    // the standard library code that called the allocator).
+    for line in err.lines().filter(|l| l.trim_start().starts_with("#0 ")) {
+        assert!(!line.contains("magpie::"), "allocator frame shown: {line}\n{err}");
+    }
+    assert!(err.contains("magpie: total: "), "{err}");
+}
