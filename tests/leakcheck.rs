@@ -225,3 +225,12 @@ fn collect_mode_writes_no_report() {
     assert!(o.status.success() && out.contains("done"), "{err}");
     assert!(!err.contains("magpie:"), "{err}");
 }
+
+#[test]
+fn launcher_runs_a_leak_hunt() {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_magpie"));
+    c.args(["run", "--gc", "leakcheck", "--"]).arg(leaks_prog()).arg("sites");
+    let o = run(&mut c, None, LIMIT);
+    let r = one_report(&o);
+    assert_eq!(r.totals, (202_840, 32), "{}", text(&o).1);
+}
