@@ -66,6 +66,9 @@ pub fn init() {
         Relaxed,
     );
     report::init();
+    // The rule cache now, so that no walk maps memory (and takes the owned
+    // registry's lock) later.
+    unwind::init();
     magpie_leak_tracking.store(1, Relaxed);
 }
 
