@@ -36,6 +36,7 @@
 //! `MAGPIE_GC_STRESS=N` runs a cycle every N allocations (torture tests; it
 //! routes every allocation through the slow path to count them).
 
+pub mod dirty;
 pub mod managed;
 pub mod mark;
 pub mod roots;
