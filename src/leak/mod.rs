@@ -36,6 +36,7 @@ pub mod stacks;
 pub mod symbolize;
 pub mod unwind;
 
+use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 use crate::alloc::{heap, sizeclass::PAGE_SIZE, span};
@@ -121,14 +122,66 @@ pub unsafe extern "C" fn magpie_leak_record(p: *mut u8, size: usize, ip: usize, 
     if p.is_null() || !tracking() {
         return;
     }
-    let mut frames = [0usize; stacks::MAX_DEPTH];
-    let d = depth();
-    let n = if d == 0 {
-        0
-    } else {
-        unwind::backtrace_from(unwind::Regs { ip, sp, bp }, &mut frames[..d])
+    with_frame_buffer(depth(), |frames| {
+        let n = if frames.is_empty() {
+            0
+        } else {
+            unwind::backtrace_from(unwind::Regs { ip, sp, bp }, frames)
+        };
+        record(p, size, intern_cached(&frames[..n]));
+    });
+}
+
+/// The last stack this thread interned, and its id: allocation loops repeat
+/// the same stack, and comparing a few words beats hashing and probing.
+struct LastStack {
+    len: Cell<usize>,
+    frames: [Cell<usize>; LAST_WORDS],
+    id: Cell<u32>,
+}
+const LAST_WORDS: usize = 16;
+
+thread_local! {
+    // Const-initialised, no destructor: touching it never allocates.
+    static LAST: LastStack = const {
+        LastStack {
+            len: Cell::new(usize::MAX),
+            frames: [const { Cell::new(0) }; LAST_WORDS],
+            id: Cell::new(0),
+        }
     };
-    record(p, size, stacks::intern(&frames[..n]));
+}
+
+/// `stacks::intern`, short-cut when the stack is this thread's last one.
+#[inline]
+fn intern_cached(frames: &[usize]) -> u32 {
+    LAST.with(|l| {
+        if l.len.get() == frames.len() && frames.iter().zip(&l.frames).all(|(a, b)| *a == b.get()) {
+            return l.id.get();
+        }
+        let id = stacks::intern(frames);
+        if frames.len() <= LAST_WORDS {
+            for (c, &f) in l.frames.iter().zip(frames) {
+                c.set(f);
+            }
+            l.len.set(frames.len());
+            l.id.set(id);
+        }
+        id
+    })
+}
+
+/// Runs `f` with a zeroed buffer of `n` frames (n ≤ MAX_DEPTH): a small one
+/// for the usual depths, so that each allocation does not clear 512 bytes.
+#[inline(always)]
+fn with_frame_buffer(n: usize, f: impl FnOnce(&mut [usize])) {
+    if n <= 16 {
+        let mut small = [0usize; 16];
+        f(&mut small[..n]);
+    } else {
+        let mut big = [0usize; stacks::MAX_DEPTH];
+        f(&mut big[..n.min(stacks::MAX_DEPTH)]);
+    }
 }
 
 /// Records the site of an allocation by the Rust global allocator: the stack
@@ -139,14 +192,15 @@ pub fn record_here(p: *mut u8, size: usize) {
     if p.is_null() {
         return;
     }
-    let mut frames = [0usize; stacks::MAX_DEPTH];
     let d = depth();
-    let n = if d == 0 {
-        0
-    } else {
-        unwind::backtrace_here(&mut frames[..d + OWN_FRAMES])
-    };
-    record(p, size, stacks::intern(&frames[..n]));
+    with_frame_buffer(if d == 0 { 0 } else { d + OWN_FRAMES }, |frames| {
+        let n = if frames.is_empty() {
+            0
+        } else {
+            unwind::backtrace_here(frames)
+        };
+        record(p, size, intern_cached(&frames[..n]));
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -185,9 +239,14 @@ fn leak_bytes(rec: u64, slot_bytes: usize) -> usize {
 /// An object reported as leaked is being freed after all (its pointer was
 /// hidden from the collector, e.g. in a shared mapping): take it back out of
 /// the counts.
-#[cold]
+#[inline(never)]
 pub fn on_free(s: &span::Span, i: usize) {
     let Some(rec) = s.site(i) else { return };
+    // A plain load first: the common case (not a reported leak) must not pay
+    // for a locked instruction on every free.
+    if rec.load(Relaxed) & LEAKED == 0 {
+        return;
+    }
     let old = rec.swap(0, Relaxed);
     if old & LEAKED == 0 {
         return;

@@ -103,11 +103,14 @@ fn table() -> Option<&'static Table> {
     unsafe { t.as_ref() }
 }
 
-/// FNV-1a over the words, finished with a multiply so low bits mix well.
+/// Each word multiplied on its own (the multiplies run in parallel; only the
+/// rotate-xor chain is serial), then one finishing multiply so the low bits,
+/// which pick the index slot, depend on every word.
+#[inline]
 fn hash(frames: &[usize]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h: u64 = frames.len() as u64;
     for &f in frames {
-        h = (h ^ f as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        h = h.rotate_left(23) ^ (f as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     (h ^ (h >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9) | 1
 }
@@ -133,12 +136,19 @@ impl Table {
                 return Err(i);
             }
             let e = self.entry(id);
-            if e.hash == h && self.frames_of(e) == frames {
+            if e.hash == h && same_frames(self.frames_of(e), frames) {
                 return Ok(id);
             }
             i = (i + 1) & (INDEX_SLOTS - 1);
         }
     }
+}
+
+/// Word-by-word equality: stacks are a few words, shorter than a call to
+/// memcmp (which slice equality becomes).
+#[inline]
+fn same_frames(a: &[usize], b: &[usize]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
 }
 
 /// The id of the stack `frames` (entered if new). [`NO_STACK`] for an empty
