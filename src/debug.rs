@@ -235,3 +235,25 @@ fn check_small(sp: &span::Span, r: &mut HeapReport) -> Result<(), VerifyError> {
     }
     Ok(())
 }
+
+/// The object whose retention the collector explains, XOR-masked so that
+/// this static does not itself keep the object alive (0: none).
+static EXPLAIN: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+const EXPLAIN_MASK: usize = 0xA5A5_5A5A_A5A5_5A5A;
+
+/// Asks the collector to say, in each following cycle, which words keep the
+/// object containing `addr` alive: it prints the address of every scanned
+/// word pointing into it, with the range being scanned (a root mapping, a
+/// stack, or the parent object). For "why is this not collected / not
+/// reported as a leak?". `None` stops it.
+pub fn explain_retention(addr: Option<usize>) {
+    EXPLAIN.store(addr.map_or(0, |a| a ^ EXPLAIN_MASK), core::sync::atomic::Ordering::Relaxed);
+}
+
+/// The address to explain, if any.
+pub(crate) fn explained() -> Option<usize> {
+    match EXPLAIN.load(core::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        v => Some(v ^ EXPLAIN_MASK),
+    }
+}

@@ -42,7 +42,9 @@ fn forget_vec() {
 #[inline(never)]
 fn leak_box() {
     let r: &'static mut [u64; 16] = Box::leak(Box::new([7u64; 16]));
-    std::hint::black_box(r);
+    if std::env::var_os("EXPLAIN").is_some() {
+        magpie::debug::explain_retention(Some(std::hint::black_box(r).as_ptr() as usize));
+    }
 }
 
 static KEPT: std::sync::Mutex<Vec<Box<[u8; 300]>>> = std::sync::Mutex::new(Vec::new());

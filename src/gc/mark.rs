@@ -29,6 +29,8 @@ pub struct Marker {
     pub marked_objects: u64,
     /// Bytes scanned (roots and heap objects).
     pub scanned_bytes: u64,
+    /// `debug::explain_retention`: the object to explain, as [start, end).
+    explain: (usize, usize),
 }
 
 static STACK: AtomicU64 = AtomicU64::new(0);
@@ -56,6 +58,7 @@ impl Marker {
             marked_bytes: 0,
             marked_objects: 0,
             scanned_bytes: 0,
+            explain: crate::debug::explained().map_or((0, 0), object_bounds),
         })
     }
 
@@ -93,7 +96,7 @@ impl Marker {
                     self.marked_bytes += size as u64;
                     self.marked_objects += 1;
                     if !sp.noscan {
-                        self.push(sp.slot_addr(i), size);
+                        self.push(sp.slot_addr(i), scanned_size(sp, i, size));
                     }
                 }
             }
@@ -118,11 +121,31 @@ impl Marker {
     pub fn scan_range(&mut self, lo: usize, hi: usize) {
         let mut p = (lo + 7) & !7;
         self.scanned_bytes += hi.saturating_sub(p) as u64;
+        if self.explain.1 != 0 {
+            self.explain_in(p, hi);
+        }
         while p + 8 <= hi {
             // SAFETY: the caller passes readable memory; volatile because
             // other threads may write it (concurrent marking).
             let v = unsafe { core::ptr::read_volatile(p as *const usize) };
             self.mark_word(v);
+            p += 8;
+        }
+    }
+
+    #[cold]
+    fn explain_in(&self, lo: usize, hi: usize) {
+        let (a, b) = self.explain;
+        let mut p = lo;
+        while p + 8 <= hi {
+            // SAFETY: as in scan_range.
+            let v = unsafe { core::ptr::read_volatile(p as *const usize) };
+            if v >= a && v < b {
+                crate::sys::fatal::warn(format_args!(
+                    "explain: object {a:#x} is referenced by the word at {p:#x} ({v:#x}), scanning {lo:#x}..{hi:#x}"
+                ));
+                explain_site(lo);
+            }
             p += 8;
         }
     }
@@ -183,5 +206,64 @@ impl Marker {
                 _ => {}
             }
         }
+    }
+}
+
+/// The object containing `addr`, as [start, end); (0, 0) if none.
+fn object_bounds(addr: usize) -> (usize, usize) {
+    let s = heap::span_of(addr);
+    if s.is_null() {
+        return (0, 0);
+    }
+    // SAFETY: span_of returns live span records.
+    let sp = unsafe { &*s };
+    match sp.state.load(Relaxed) {
+        span::SMALL | span::TINY => {
+            let a = sp.slot_addr(sp.slot_of(addr));
+            (a, a + sp.elemsize as usize)
+        }
+        span::LARGE => (sp.base, sp.end()),
+        _ => (0, 0),
+    }
+}
+
+/// With leakcheck on: prints where the heap object at `addr` was allocated
+/// (raw return addresses), for `explain_in`.
+#[cold]
+fn explain_site(addr: usize) {
+    let s = heap::span_of(addr);
+    if s.is_null() {
+        return;
+    }
+    // SAFETY: span_of returns live span records.
+    let sp = unsafe { &*s };
+    let Some(rec) = sp.site(sp.slot_of(addr)) else { return };
+    let r = rec.load(Relaxed);
+    if let Some((frames, _)) = crate::leak::stacks::get((r & 0x7fff_ffff) as u32) {
+        // Debug output: symbolized on the spot (the symbolizer neither
+        // allocates nor takes allocator locks).
+        let sym = crate::leak::symbolize::Symbolizer::new(frames);
+        let mut b = crate::sys::fatal::StackBuf::<4096>::new();
+        for &f in frames {
+            let _ = core::fmt::Write::write_str(&mut b, "\n    ");
+            let _ = sym.write_frame(f, &mut b);
+        }
+        crate::sys::fatal::warn(format_args!(
+            "explain: that object ({} bytes asked) was allocated at{}",
+            r >> 32,
+            core::str::from_utf8(b.as_bytes()).unwrap_or("?")
+        ));
+    }
+}
+
+/// The bytes of slot `i` worth scanning: with leakcheck's site records, only
+/// the size the program asked for. The slack after it holds whatever the
+/// slot's previous object left there, and a stale pointer in it would hide a
+/// leak.
+#[inline]
+fn scanned_size(sp: &span::Span, i: usize, slot: usize) -> usize {
+    match sp.site(i) {
+        Some(rec) => crate::leak::asked_size(rec.load(Relaxed)).map_or(slot, |n| n.min(slot)),
+        None => slot,
     }
 }

@@ -228,12 +228,14 @@ pub fn note_unreachable(rec: &AtomicU64, slot_bytes: usize) -> usize {
 /// The size a record stands for: the size asked, or the slot's when the
 /// object was never recorded (or asked for 4 GiB or more).
 fn leak_bytes(rec: u64, slot_bytes: usize) -> usize {
+    asked_size(rec).unwrap_or(slot_bytes)
+}
+
+/// The size the program asked for, from a site record (None if unrecorded).
+#[inline]
+pub fn asked_size(rec: u64) -> Option<usize> {
     let size = (rec >> 32) as usize;
-    if rec & ID_MASK == 0 || size == u32::MAX as usize {
-        slot_bytes
-    } else {
-        size
-    }
+    (rec & ID_MASK != 0 && size != u32::MAX as usize).then_some(size)
 }
 
 /// An object reported as leaked is being freed after all (its pointer was
