@@ -52,7 +52,7 @@ run_one() { # prog variant i
     glibc) ;;
     magpie-off) envs+=(MAGPIE_GC=off LD_PRELOAD="$LIB") ;;
     leakcheck) envs+=(MAGPIE_GC=leakcheck LD_PRELOAD="$LIB") ;;
-    valgrind) cmd="valgrind -q --leak-check=full --error-exitcode=0 $cmd" ;;
+    valgrind) cmd="valgrind -q --leak-check=full --show-leak-kinds=definite,indirect --error-exitcode=0 $cmd" ;;
     esac
     (cd "$OUT/home" && /usr/bin/time -o "$base.time" -f "%e %M" "${envs[@]}" $cmd <"$in" >"$base.out" 2>"$base.err") || {
         echo "FAILURE: $p ($v) run $3; stderr:" >&2; tail -20 "$base.err" >&2; exit 1; }
@@ -88,7 +88,12 @@ for p in $PROGS; do
     lf=$(grep -h '^magpie: total:' "$OUT"/runs/$p.leakcheck.1.err | sed 's/magpie: total: //')
     vf=-
     if [ "$VALGRIND" = 1 ]; then
-        vf=$(awk '/definitely lost:|indirectly lost:/ {gsub(",", "", $4); gsub(",", "", $7); b += $4; o += $7} END {printf "%d bytes in %d objects", b, o}' "$OUT"/runs/$p.valgrind.1.err)
+        # Loss records: "N bytes in K blocks are definitely|indirectly lost",
+        # or "N (D direct, I indirect) bytes in K blocks ..." (the indirect
+        # bytes have records of their own).
+        vf=$(grep -E 'are (definitely|indirectly) lost in loss record' "$OUT"/runs/$p.valgrind.1.err |
+            sed -e 's/^==[0-9]*== //' -e 's/,//g' -e 's/^[0-9]* (\([0-9]*\) direct [0-9]* indirect)/\1/' |
+            awk '{b += $1; o += $4} END {printf "%d bytes in %d objects", b, o}')
     fi
     awk -v p="$p" -v g="$g" -v o="$o" -v l="$l" -v v="$v" -v rl="$rl" -v lf="$lf" -v vf="$vf" 'BEGIN {
         lg = sprintf("%.2f", l / g); vl = (v == "-") ? "-" : sprintf("%.1f", v / l);
