@@ -247,7 +247,10 @@ const EXPLAIN_MASK: usize = 0xA5A5_5A5A_A5A5_5A5A;
 /// stack, or the parent object). For "why is this not collected / not
 /// reported as a leak?". `None` stops it.
 pub fn explain_retention(addr: Option<usize>) {
-    EXPLAIN.store(addr.map_or(0, |a| a ^ EXPLAIN_MASK), core::sync::atomic::Ordering::Relaxed);
+    EXPLAIN.store(
+        addr.map_or(0, |a| a ^ EXPLAIN_MASK),
+        core::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 /// The address to explain, if any.

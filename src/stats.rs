@@ -222,6 +222,37 @@ pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
             us(g.termination_ns) / 1000.0,
             us(g.sweep_ns) / 1000.0
         )?;
+        if g.concurrent {
+            let st = &g.sweep_termination;
+            let mt = &g.mark_termination;
+            writeln!(
+                out,
+                "  concurrent  dirty pages: {}; marking {:.1} ms with the world running; {} termination rounds (max {} in a cycle), {} written pages rescanned",
+                g.dirty_source,
+                us(g.concurrent_mark_ns) / 1000.0,
+                g.rounds,
+                g.rounds_max,
+                g.dirty_pages
+            )?;
+            writeln!(
+                out,
+                "  pause kinds sweep termination p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; mark termination p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                us(st.p50_ns),
+                us(st.p99_ns),
+                us(st.max_ns),
+                us(mt.p50_ns),
+                us(mt.p99_ns),
+                us(mt.max_ns)
+            )?;
+        } else {
+            let mut why = crate::sys::fatal::StackBuf::<512>::new();
+            let _ = crate::gc::dirty::describe(&mut why);
+            writeln!(
+                out,
+                "  marking     with the world stopped (dirty pages: {})",
+                core::str::from_utf8(why.as_bytes()).unwrap_or("?")
+            )?;
+        }
         writeln!(
             out,
             "  last cycle  heap {} before, {} after, {} marked live; next at {}",

@@ -82,7 +82,11 @@ fn text(o: &Output) -> (String, String) {
 /// The single report of a run that exited 0 after printing "done".
 fn one_report(o: &Output) -> Report {
     let (out, err) = text(o);
-    assert!(o.status.success(), "{}\nstderr:\n{err}", describe(&o.status));
+    assert!(
+        o.status.success(),
+        "{}\nstderr:\n{err}",
+        describe(&o.status)
+    );
     assert!(out.contains("done"), "stdout: {out}");
     let mut r = parse_reports(&err);
     assert_eq!(r.len(), 1, "expected one report:\n{err}");
@@ -93,7 +97,11 @@ fn one_report(o: &Output) -> Report {
 fn site<'a>(r: &'a Report, function: &str, err: &str) -> &'a Site {
     r.sites
         .iter()
-        .find(|s| s.frames.first().is_some_and(|f| f.contains(&format!(" in {function}+"))))
+        .find(|s| {
+            s.frames
+                .first()
+                .is_some_and(|f| f.contains(&format!(" in {function}+")))
+        })
         .unwrap_or_else(|| panic!("no site at {function} in:\n{err}"))
 }
 
@@ -116,16 +124,31 @@ fn sites_are_exact_and_sorted_and_symbolized() {
         assert!(r.sites[i].bytes == bytes, "order:\n{err}");
         // The program's own frames, with file:line from its debug info,
         // down to main.
-        assert!(s.frames[0].contains("leaks.c:"), "no file:line at {f}:\n{err}");
-        assert!(s.frames[0].contains("/leaks)"), "no object path at {f}:\n{err}");
-        assert!(s.frames.iter().any(|fr| fr.contains(" in main+")), "no main under {f}:\n{err}");
-        assert!(s.frames.len() <= 8, "more frames than MAGPIE_LEAK_STACKS' default:\n{err}");
+        assert!(
+            s.frames[0].contains("leaks.c:"),
+            "no file:line at {f}:\n{err}"
+        );
+        assert!(
+            s.frames[0].contains("/leaks)"),
+            "no object path at {f}:\n{err}"
+        );
+        assert!(
+            s.frames.iter().any(|fr| fr.contains(" in main+")),
+            "no main under {f}:\n{err}"
+        );
+        assert!(
+            s.frames.len() <= 8,
+            "more frames than MAGPIE_LEAK_STACKS' default:\n{err}"
+        );
     }
     // The list's nodes: make_node called from leak_list.
     let nodes = site(&r, "make_node", &err);
     assert!(nodes.frames[1].contains(" in leak_list+"), "{err}");
     assert_eq!(r.totals, (202_840, 32), "{err}");
-    assert!(err.contains("magpie: leakcheck at exit: 202840 bytes leaked in 32 objects at 4 sites"), "{err}");
+    assert!(
+        err.contains("magpie: leakcheck at exit: 202840 bytes leaked in 32 objects at 4 sites"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -146,7 +169,10 @@ fn leaks_from_several_threads() {
     assert_eq!(r.sites.len(), 1, "{err}");
     let s = site(&r, "thread_leaker", &err);
     assert_eq!((s.bytes, s.objects), (2560, 40), "{err}");
-    assert!(s.frames.iter().any(|f| f.contains(" in thread_main+")), "{err}");
+    assert!(
+        s.frames.iter().any(|f| f.contains(" in thread_main+")),
+        "{err}"
+    );
     assert_eq!(r.totals, (2560, 40));
 }
 
@@ -182,14 +208,23 @@ fn report_to_a_file() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let pattern = dir.join("leaks.%p.txt");
-    let o = run_leaks("sites", &[("MAGPIE_LEAK_REPORT", pattern.to_str().unwrap())]);
+    let o = run_leaks(
+        "sites",
+        &[("MAGPIE_LEAK_REPORT", pattern.to_str().unwrap())],
+    );
     let err = text(&o).1;
     assert!(o.status.success(), "{err}");
     assert!(!err.contains("leaked at"), "report went to stderr:\n{err}");
-    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     assert_eq!(files.len(), 1, "{files:?}");
     let name = files[0].file_name().unwrap().to_str().unwrap().to_string();
-    assert!(name.starts_with("leaks.") && name.ends_with(".txt") && !name.contains("%p"), "{name}");
+    assert!(
+        name.starts_with("leaks.") && name.ends_with(".txt") && !name.contains("%p"),
+        "{name}"
+    );
     let body = std::fs::read_to_string(&files[0]).unwrap();
     let r = parse_reports(&body);
     assert_eq!(r.len(), 1, "{body}");
@@ -203,7 +238,11 @@ fn stack_depth_option() {
     let err = text(&o).1;
     let r = one_report(&o);
     assert_eq!(r.sites.len(), 1, "{err}");
-    assert_eq!((r.sites[0].bytes, r.sites[0].objects), (202_840, 32), "{err}");
+    assert_eq!(
+        (r.sites[0].bytes, r.sites[0].objects),
+        (202_840, 32),
+        "{err}"
+    );
     assert!(err.contains("(no stack recorded)"), "{err}");
     // Two frames: the leaking function and its caller.
     let o = run_leaks("sites", &[("MAGPIE_LEAK_STACKS", "2")]);
@@ -213,7 +252,10 @@ fn stack_depth_option() {
     for s in &r.sites {
         assert_eq!(s.frames.len(), 2, "{err}");
     }
-    assert!(site(&r, "make_node", &err).frames[1].contains(" in leak_list+"), "{err}");
+    assert!(
+        site(&r, "make_node", &err).frames[1].contains(" in leak_list+"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -229,7 +271,9 @@ fn collect_mode_writes_no_report() {
 #[test]
 fn launcher_runs_a_leak_hunt() {
     let mut c = Command::new(env!("CARGO_BIN_EXE_magpie"));
-    c.args(["run", "--gc", "leakcheck", "--"]).arg(leaks_prog()).arg("sites");
+    c.args(["run", "--gc", "leakcheck", "--"])
+        .arg(leaks_prog())
+        .arg("sites");
     let o = run(&mut c, None, LIMIT);
     let r = one_report(&o);
     assert_eq!(r.totals, (202_840, 32), "{}", text(&o).1);

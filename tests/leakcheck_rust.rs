@@ -74,7 +74,12 @@ fn rust_leaks_are_reported_at_their_sites() {
     }
     let o = common::reexec(
         &[("LEAKCHECK_CHILD", "1"), ("MAGPIE_GC", "leakcheck")],
-        &["--exact", "rust_leaks_are_reported_at_their_sites", "--nocapture", "--test-threads=1"],
+        &[
+            "--exact",
+            "rust_leaks_are_reported_at_their_sites",
+            "--nocapture",
+            "--test-threads=1",
+        ],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{:?}\n{err}", o.status);
@@ -101,11 +106,17 @@ fn rust_leaks_are_reported_at_their_sites() {
     assert_eq!(site("make_rc_cycle"), (2 * RC_NODE, 2), "{err}");
     assert_eq!(site("forget_vec"), (4000, 1), "{err}");
     assert_eq!(site("leak_box"), (128, 1), "{err}");
-    assert!(!err.contains("keep_some"), "reachable memory reported:\n{err}");
+    assert!(
+        !err.contains("keep_some"),
+        "reachable memory reported:\n{err}"
+    );
     // magpie's own frames are not shown: stacks start in the program (or in
     // the standard library code that called the allocator).
     for line in err.lines().filter(|l| l.trim_start().starts_with("#0 ")) {
-        assert!(!line.contains("magpie::"), "allocator frame shown: {line}\n{err}");
+        assert!(
+            !line.contains("magpie::"),
+            "allocator frame shown: {line}\n{err}"
+        );
     }
     assert!(err.contains("magpie: total: "), "{err}");
 }

@@ -709,3 +709,17 @@ pub unsafe fn unlock_after_fork() {
         unsafe { cache_at(i).lock.force_unlock() };
     }
 }
+
+/// Calls `f` with the address of every CPU's current tiny block (the
+/// collector greys them when marking starts, as Go's gcMarkTinyAllocs does).
+///
+/// # Safety
+/// The world must be stopped (no thread inside the allocator).
+pub unsafe fn for_each_tiny_block(mut f: impl FnMut(usize)) {
+    for i in 0..ncaches() {
+        let w = cache_at(i).tiny.load(Relaxed) as usize;
+        if w != 0 {
+            f(tiny_word_block(w));
+        }
+    }
+}

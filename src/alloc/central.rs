@@ -232,7 +232,9 @@ fn return_slot(g: &mut Guard<'_>, p: usize) {
     unsafe {
         let i = (*s).slot_of(p);
         (*s).put_slot(i);
-        if (*s).nfree == (*s).nelems {
+        // While the collector marks, spans stay (a concurrent marker may be
+        // reading their bitmaps); the sweep after the cycle releases them.
+        if (*s).nfree == (*s).nelems && !crate::gc::marking() {
             if (*s).in_partial {
                 g.inner.partial.remove(s);
                 (*s).in_partial = false;
@@ -288,11 +290,7 @@ fn sweep_locked(g: &mut Guard<'_>, s: *mut Span) {
 
 /// # Safety
 /// `s` is a live small span of the locked class.
-unsafe fn sweep_span_locked(
-    g: &mut Guard<'_>,
-    s: *mut Span,
-    collect: bool,
-) -> Swept {
+unsafe fn sweep_span_locked(g: &mut Guard<'_>, s: *mut Span, collect: bool) -> Swept {
     let mut r = Swept::default();
     // SAFETY: the caller's contract.
     let sp = unsafe { &mut *s };
@@ -305,7 +303,13 @@ unsafe fn sweep_span_locked(
     for i in 0..sp.nelems as usize {
         let st = sp.slot_state(i).load(Relaxed);
         // Free, marked, or allocated after the mark (allocate-black): not garbage.
-        if !span::is_allocated(st) || sp.is_marked(i) || span::born_in(st, gen) {
+        if !span::is_allocated(st) {
+            continue;
+        }
+        if sp.is_marked(i) || span::born_in(st, gen) {
+            if span::needs_aging(st, gen) {
+                span::age(sp.slot_state(i), st, gen);
+            }
             continue;
         }
         if collect || span::is_managed(st) {
@@ -330,7 +334,9 @@ unsafe fn sweep_span_locked(
     }
     sp.clear_marks();
     sp.sweepgen.store(gen, Relaxed);
-    if freed_any {
+    // All free also covers spans emptied by frees during a concurrent mark,
+    // which were kept then.
+    if freed_any || sp.nfree == sp.nelems {
         if sp.nfree == sp.nelems {
             if sp.in_partial {
                 // SAFETY: on this class's list.

@@ -44,3 +44,16 @@ impl Drop for Guard {
 pub fn inside() -> bool {
     DEPTH.with(|d| d.get() > 0)
 }
+
+/// Marks the thread as inside the allocator from `pthread_atfork`'s prepare
+/// handler (which takes every allocator lock) until the parent or child
+/// handler calls [`leave_after_fork`]: a stop signal arriving meanwhile parks
+/// the thread only once it has released them.
+pub fn enter_for_fork() {
+    core::mem::forget(enter());
+}
+
+/// Ends [`enter_for_fork`] (parking now if a stop is pending).
+pub fn leave_after_fork() {
+    drop(Guard(()));
+}

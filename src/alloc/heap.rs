@@ -19,7 +19,9 @@
 //! RSS fall.
 
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicPtr, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use spin::Mutex;
 
 use super::sizeclass::{PAGE_SHIFT, PAGE_SIZE};
@@ -56,6 +58,11 @@ pub fn in_use_bytes() -> usize {
 }
 
 /// True if `addr` lies in memory the heap has committed (used or free).
+/// The end of the committed part of the heap reservation.
+pub fn committed_end() -> usize {
+    COMMITTED_END.load(Relaxed)
+}
+
 pub fn is_committed(addr: usize) -> bool {
     addr >= MAP.base.load(Relaxed) && addr < COMMITTED_END.load(Relaxed)
 }
@@ -76,6 +83,10 @@ struct Inner {
     /// Free pages not returned to the OS.
     free_dirty_pages: usize,
     last_decay_ms: u64,
+    /// Large spans freed while the collector marks, chained through `next`:
+    /// their records and pages stay as they are until the cycle ends, since a
+    /// concurrent marker may be reading them (see `release_deferred`).
+    deferred: *mut Span,
 }
 
 // SAFETY: the span pointers are only used under the heap mutex.
@@ -88,6 +99,7 @@ static HEAP: Mutex<Inner> = Mutex::new(Inner {
     free_pages: 0,
     free_dirty_pages: 0,
     last_decay_ms: 0,
+    deferred: ptr::null_mut(),
 });
 
 /// Returned-to-OS counters, readable without the lock.
@@ -147,7 +159,9 @@ fn entry(addr: usize) -> Option<&'static AtomicUsize> {
 pub fn span_of(addr: usize) -> *mut Span {
     match entry(addr) {
         Some(e) => {
-            let v = e.load(Relaxed);
+            // Acquire: pairs with set_pages' Release, so a span published
+            // while a concurrent marker runs is seen initialised.
+            let v = e.load(Acquire);
             if v & FREE_TAG != 0 {
                 ptr::null_mut()
             } else {
@@ -176,7 +190,7 @@ fn free_span_at(addr: usize) -> *mut Span {
 fn set_pages(value: usize, first: usize, n: usize) {
     for i in 0..n {
         if let Some(e) = entry(first + i * PAGE_SIZE) {
-            e.store(value, Relaxed);
+            e.store(value, Release);
         }
     }
 }
@@ -505,10 +519,34 @@ pub unsafe fn free_large_span(s: *mut Span) -> bool {
         {
             return false;
         }
+        if crate::gc::marking() {
+            // The object is free (its state byte says so, so markers skip it
+            // and a second free is caught), but its span stays until the
+            // marker is done with it.
+            (*s).next = h.deferred;
+            h.deferred = s;
+            return true;
+        }
         h.release(s);
     }
     h.maybe_scavenge();
     true
+}
+
+/// Releases the large spans freed while the collector was marking (called
+/// when marking is over).
+pub fn release_deferred() {
+    let mut h = HEAP.lock();
+    while !h.deferred.is_null() {
+        let s = h.deferred;
+        // SAFETY: deferred spans are in-use LARGE records whose object was
+        // freed; nothing refers to them but this list.
+        unsafe {
+            h.deferred = (*s).next;
+            (*s).next = ptr::null_mut();
+            h.release(s);
+        }
+    }
 }
 
 /// Returns an in-use span's pages to the page heap.
@@ -628,7 +666,13 @@ pub unsafe fn sweep_large(s: *mut Span, gen: u32, collect: bool) -> crate::alloc
         (*s).sweepgen.store(gen, Relaxed);
         let st = (*s).large_alloc.load(Relaxed);
         let marked = (*s).large_mark.swap(0, Relaxed) != 0;
-        if !span::is_allocated(st) || marked || span::born_in(st, gen) {
+        if !span::is_allocated(st) {
+            return r;
+        }
+        if marked || span::born_in(st, gen) {
+            if span::needs_aging(st, gen) {
+                span::age(&(*s).large_alloc, st, gen);
+            }
             return r;
         }
         let bytes = (*s).npages * PAGE_SIZE;

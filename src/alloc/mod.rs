@@ -107,6 +107,7 @@ fn after_init() {
 /// Before fork: take every allocator lock, in lock order, so the child inherits
 /// them free and consistent.
 extern "C" fn fork_prepare() {
+    guard::enter_for_fork();
     crate::gc::lock_for_fork();
     crate::leak::stacks::lock_for_fork();
     cache::lock_for_fork();
@@ -122,6 +123,7 @@ extern "C" fn fork_parent() {
         release_fork_locks();
         crate::gc::unlock_after_fork(false);
     }
+    guard::leave_after_fork();
 }
 
 extern "C" fn fork_child() {
@@ -131,6 +133,7 @@ extern "C" fn fork_child() {
         crate::gc::unlock_after_fork(true);
     }
     cache::release_freed_tiny_blocks_after_fork();
+    guard::leave_after_fork();
 }
 
 unsafe fn release_fork_locks() {

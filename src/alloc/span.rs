@@ -73,6 +73,25 @@ pub fn born_in(state: u8, gen: u32) -> bool {
     state >> GEN_SHIFT == (gen & 63) as u8
 }
 
+/// Generations are kept mod 64, so an object that lives 63 cycles would
+/// carry the tag of the next cycle's newborns (which concurrent marking
+/// treats as black: not scanned). The sweep of generation `gen` moves each
+/// survivor tagged `gen + 1` back to `gen - 1` ([`age`]): every object is
+/// retagged about once per 63 cycles, and a tag of the current or next
+/// generation always means what it says.
+#[inline]
+pub fn needs_aging(state: u8, gen: u32) -> bool {
+    born_in(state, gen.wrapping_add(1))
+}
+
+/// Moves a survivor's state byte to generation `gen - 1` (see
+/// [`needs_aging`]); a compare-exchange, so a racing free wins.
+#[inline]
+pub fn age(slot: &AtomicU8, state: u8, gen: u32) {
+    let aged = (state & ((1 << GEN_SHIFT) - 1)) | (((gen.wrapping_sub(1) & 63) as u8) << GEN_SHIFT);
+    let _ = slot.compare_exchange(state, aged, Relaxed, Relaxed);
+}
+
 /// A span record. The fields `free` reads come first, so the fast path touches
 /// one cache line of it.
 #[repr(C)]
@@ -168,7 +187,11 @@ impl Span {
         let tiny_bytes = if tiny { n * 4 } else { 0 };
         // Leakcheck keeps a site record per slot (tiny blocks hold only
         // GC-managed objects then, which need none).
-        let site_bytes = if crate::leak::tracking() && !tiny { n * 8 } else { 0 };
+        let site_bytes = if crate::leak::tracking() && !tiny {
+            n * 8
+        } else {
+            0
+        };
         let bytes = words * 16 + site_bytes + tiny_bytes + n;
         let block = meta::alloc(bytes);
         if block.is_null() {

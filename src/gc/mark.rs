@@ -17,6 +17,20 @@ use crate::sys::os;
 /// Mark-stack capacity in entries (16 bytes each), reserved not committed.
 const STACK_ENTRIES: usize = 16 << 20;
 
+/// The buffer `scan_range_copied` reads through (one marker runs at a time:
+/// the cycle lock).
+const COPY_BYTES: usize = 64 << 10;
+static COPY_BUF: AtomicU64 = AtomicU64::new(0);
+
+fn copy_buffer() -> *mut u8 {
+    let mut b = COPY_BUF.load(Relaxed) as *mut u8;
+    if b.is_null() {
+        b = os::map_owned(COPY_BYTES);
+        COPY_BUF.store(b as u64, Relaxed);
+    }
+    b
+}
+
 pub struct Marker {
     stack: *mut (usize, usize),
     len: usize,
@@ -31,6 +45,11 @@ pub struct Marker {
     pub scanned_bytes: u64,
     /// `debug::explain_retention`: the object to explain, as [start, end).
     explain: (usize, usize),
+    /// Concurrent marking: objects born in this sweep generation were
+    /// allocated black during the mark; they are neither marked nor scanned
+    /// (their contents may not be initialised yet; what they hold is found
+    /// on the written pages at mark termination).
+    black_gen: Option<u32>,
 }
 
 static STACK: AtomicU64 = AtomicU64::new(0);
@@ -47,7 +66,10 @@ impl Marker {
             }
             STACK.store(base as u64, Relaxed);
         }
+        // Only the committed part of the reservation can hold objects (it
+        // grows while a concurrent mark runs, so take it with a margin).
         let (lo, size) = heap::range();
+        let size = (heap::committed_end() - lo + (1 << 30)).min(size);
         Some(Marker {
             stack: base,
             len: 0,
@@ -59,7 +81,18 @@ impl Marker {
             marked_objects: 0,
             scanned_bytes: 0,
             explain: crate::debug::explained().map_or((0, 0), object_bounds),
+            black_gen: None,
         })
+    }
+
+    /// Objects allocated in sweep generation `gen` are black (see `black_gen`).
+    pub fn set_black_gen(&mut self, gen: u32) {
+        self.black_gen = Some(gen);
+    }
+
+    #[inline]
+    fn born_black(&self, state: u8) -> bool {
+        self.black_gen.is_some_and(|g| span::born_in(state, g))
     }
 
     #[inline]
@@ -88,7 +121,11 @@ impl Marker {
         match sp.state.load(Relaxed) {
             span::SMALL | span::TINY => {
                 let i = sp.slot_of(v);
-                if i >= sp.nelems as usize || !span::is_allocated(sp.slot_state(i).load(Relaxed)) {
+                if i >= sp.nelems as usize {
+                    return;
+                }
+                let st = sp.slot_state(i).load(Relaxed);
+                if !span::is_allocated(st) || self.born_black(st) {
                     return;
                 }
                 if sp.mark_slot(i) {
@@ -101,7 +138,8 @@ impl Marker {
                 }
             }
             span::LARGE => {
-                if !span::is_allocated(sp.large_alloc.load(Relaxed)) {
+                let st = sp.large_alloc.load(Relaxed);
+                if !span::is_allocated(st) || self.born_black(st) {
                     return;
                 }
                 if sp.large_mark.swap(1, Relaxed) == 0 {
@@ -124,12 +162,99 @@ impl Marker {
         if self.explain.1 != 0 {
             self.explain_in(p, hi);
         }
+        // The range test inlined with the bounds in registers: most words of
+        // roots are not heap addresses.
+        let (heap_lo, heap_size) = (self.heap_lo, self.heap_hi - self.heap_lo);
         while p + 8 <= hi {
             // SAFETY: the caller passes readable memory; volatile because
             // other threads may write it (concurrent marking).
             let v = unsafe { core::ptr::read_volatile(p as *const usize) };
-            self.mark_word(v);
+            if v.wrapping_sub(heap_lo) < heap_size {
+                self.mark_word(v);
+            }
             p += 8;
+        }
+    }
+
+    /// Like [`scan_range`](Self::scan_range) for memory that other threads
+    /// may unmap while we read it (root mappings during concurrent marking):
+    /// it is copied with `process_vm_readv`, which fails cleanly where a
+    /// plain read would fault. Returns false if part could not be read.
+    pub fn scan_range_copied(&mut self, lo: usize, hi: usize) -> bool {
+        let buf = copy_buffer();
+        if buf.is_null() {
+            return false;
+        }
+        let mut ok = true;
+        let mut p = (lo + 7) & !7;
+        while p < hi {
+            let n = (hi - p).min(COPY_BYTES) & !7;
+            if n == 0 {
+                break;
+            }
+            let local = libc::iovec {
+                iov_base: buf.cast(),
+                iov_len: n,
+            };
+            let remote = libc::iovec {
+                iov_base: p as *mut libc::c_void,
+                iov_len: n,
+            };
+            // SAFETY: reads our own address space into our own buffer of
+            // COPY_BYTES; the kernel checks the remote range.
+            let got = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+            if got <= 0 {
+                ok = false;
+                p += n;
+                continue;
+            }
+            let got = got as usize & !7;
+            self.scanned_bytes += got as u64;
+            for k in 0..got / 8 {
+                // SAFETY: the buffer holds `got` copied bytes.
+                let v = unsafe { *(buf as *const usize).add(k) };
+                self.mark_word(v);
+            }
+            p += got.max(8);
+        }
+        ok
+    }
+
+    /// Mark termination of a concurrent cycle: rescans what the program may
+    /// have written since its pages were protected, `[lo, hi)` of the heap:
+    /// the allocated objects overlapping it, clipped to it (noscan spans and
+    /// free slots skipped).
+    pub fn scan_written(&mut self, lo: usize, hi: usize) {
+        let mut addr = lo;
+        while addr < hi {
+            let s = heap::span_of(addr);
+            if s.is_null() {
+                addr = (addr & !(PAGE_SIZE - 1)) + PAGE_SIZE;
+                continue;
+            }
+            // SAFETY: live span record (spans are not released while marking).
+            let sp = unsafe { &*s };
+            let end = sp.end().min(hi);
+            if !sp.noscan {
+                match sp.state.load(Relaxed) {
+                    span::SMALL => {
+                        let size = sp.elemsize as usize;
+                        let mut i = sp.slot_of(addr);
+                        while i < sp.nelems as usize && sp.slot_addr(i) < end {
+                            if span::is_allocated(sp.slot_state(i).load(Relaxed)) {
+                                let a = sp.slot_addr(i);
+                                self.scan_range(a.max(addr), (a + size).min(end));
+                            }
+                            i += 1;
+                        }
+                    }
+                    span::LARGE if span::is_allocated(sp.large_alloc.load(Relaxed)) => {
+                        self.scan_range(addr, end);
+                    }
+                    _ => {}
+                }
+            }
+            addr = end;
         }
     }
 
@@ -237,7 +362,9 @@ fn explain_site(addr: usize) {
     }
     // SAFETY: span_of returns live span records.
     let sp = unsafe { &*s };
-    let Some(rec) = sp.site(sp.slot_of(addr)) else { return };
+    let Some(rec) = sp.site(sp.slot_of(addr)) else {
+        return;
+    };
     let r = rec.load(Relaxed);
     if let Some((frames, _)) = crate::leak::stacks::get((r & 0x7fff_ffff) as u32) {
         // Debug output: symbolized on the spot (the symbolizer neither

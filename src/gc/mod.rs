@@ -36,6 +36,7 @@
 //! `MAGPIE_GC_STRESS=N` runs a cycle every N allocations (torture tests; it
 //! routes every allocation through the slow path to count them).
 
+pub mod cycle;
 pub mod dirty;
 pub mod managed;
 pub mod mark;
@@ -45,8 +46,8 @@ pub mod stop;
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::*};
 use spin::Mutex;
 
-use crate::alloc::{cache, central, heap, span};
-use crate::sys::{env, fatal, futex, os};
+use crate::alloc::{central, heap, span};
+use crate::sys::{env, fatal, futex};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 #[repr(u8)]
@@ -76,6 +77,13 @@ static STRESS: AtomicU64 = AtomicU64::new(0);
 static STRESS_COUNT: AtomicU64 = AtomicU64::new(0);
 static NEXT_GC: AtomicU64 = AtomicU64::new(MIN_HEAP);
 static STOP_TIMEOUT_NS: AtomicU64 = AtomicU64::new(1_000_000_000);
+/// `MAGPIE_CONCURRENT`: mark while the program runs (where a dirty-page
+/// source exists).
+static CONCURRENT: AtomicBool = AtomicBool::new(false);
+/// `MAGPIE_DEBUG_PAUSES=1`: print each termination's parts to stderr.
+static DEBUG_PAUSES: AtomicBool = AtomicBool::new(false);
+/// `MAGPIE_PAUSE_TARGET_US`: the mark-termination pause budget.
+static PAUSE_TARGET_NS: AtomicU64 = AtomicU64::new(500_000);
 /// Test hook: allocate during mark termination (must abort).
 static DEBUG_ALLOC_IN_TERMINATION: AtomicBool = AtomicBool::new(false);
 const MIN_HEAP: u64 = 4 << 20;
@@ -138,6 +146,15 @@ pub fn init() -> bool {
         MODE.store(0, Relaxed);
         return false;
     }
+    DEBUG_PAUSES.store(env::get_bool("MAGPIE_DEBUG_PAUSES", false), Relaxed);
+    PAUSE_TARGET_NS.store(
+        env::get_u64("MAGPIE_PAUSE_TARGET_US", 500, 10, 10_000_000) * 1000,
+        Relaxed,
+    );
+    if env::get_bool("MAGPIE_CONCURRENT", true) {
+        let (base, size) = heap::range();
+        CONCURRENT.store(dirty::init(base, size) != dirty::Source::None, Relaxed);
+    }
     if !stop::install_handler() {
         fatal::warn(format_args!(
             "cannot install the stop signal handler; the collector is off"
@@ -146,6 +163,18 @@ pub fn init() -> bool {
     }
     MODE.store(m as u8, Relaxed);
     true
+}
+
+/// True while a cycle marks (phases Mark and MarkTermination): spans are not
+/// released then (see `cycle`).
+#[inline]
+pub fn marking() -> bool {
+    PHASE.load(Relaxed) != Phase::Off as u8
+}
+
+/// True if cycles mark concurrently (MAGPIE_CONCURRENT and a dirty-page source).
+pub fn concurrent_enabled() -> bool {
+    CONCURRENT.load(Relaxed)
 }
 
 /// True when every allocation must take the slow path (GC stress counting).
@@ -232,14 +261,100 @@ extern "C" fn collector_main(_: *mut libc::c_void) -> *mut libc::c_void {
 // Statistics.
 
 const PAUSE_RING: usize = 4096;
-static PAUSES: [AtomicU32; PAUSE_RING] = [const { AtomicU32::new(0) }; PAUSE_RING];
+
+/// Stop-the-world pauses of one kind: the last `PAUSE_RING` (in µs) for
+/// percentiles, and the count, total and maximum of all.
+pub(crate) struct PauseLog {
+    ring: [AtomicU32; PAUSE_RING],
+    count: AtomicU64,
+    total_ns: AtomicU64,
+    max_ns: AtomicU64,
+}
+
+/// Percentiles and totals of a [`PauseLog`], in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PauseSummary {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+}
+
+impl PauseLog {
+    const fn new() -> PauseLog {
+        PauseLog {
+            ring: [const { AtomicU32::new(0) }; PAUSE_RING],
+            count: AtomicU64::new(0),
+            total_ns: AtomicU64::new(0),
+            max_ns: AtomicU64::new(0),
+        }
+    }
+
+    fn push(&self, ns: u64) {
+        let i = self.count.fetch_add(1, Relaxed) as usize % PAUSE_RING;
+        self.ring[i].store((ns / 1000).min(u32::MAX as u64) as u32, Relaxed);
+        self.total_ns.fetch_add(ns, Relaxed);
+        self.max_ns.fetch_max(ns, Relaxed);
+    }
+
+    /// Records a pause of this kind (and in the log of all pauses).
+    pub(crate) fn record(&'static self, ns: u64) {
+        self.push(ns);
+        if !core::ptr::eq(self, &ALL_PAUSES) {
+            ALL_PAUSES.push(ns);
+        }
+    }
+
+    fn summary(&self) -> PauseSummary {
+        let count = self.count.load(Relaxed);
+        let n = (count as usize).min(PAUSE_RING);
+        let mut p = [0u32; PAUSE_RING];
+        for (i, slot) in p[..n].iter_mut().enumerate() {
+            *slot = self.ring[i].load(Relaxed);
+        }
+        p[..n].sort_unstable();
+        let pct = |q: usize| {
+            if n == 0 {
+                0
+            } else {
+                p[((n - 1) * q) / 100] as u64 * 1000
+            }
+        };
+        PauseSummary {
+            count,
+            total_ns: self.total_ns.load(Relaxed),
+            max_ns: self.max_ns.load(Relaxed),
+            p50_ns: pct(50),
+            p99_ns: pct(99),
+        }
+    }
+}
+
+/// Every pause; sweep terminations (concurrent cycles); mark terminations
+/// (in stop-the-world cycles, the whole mark).
+static ALL_PAUSES: PauseLog = PauseLog::new();
+pub(crate) static SWEEP_TERM_PAUSES: PauseLog = PauseLog::new();
+pub(crate) static MARK_TERM_PAUSES: PauseLog = PauseLog::new();
+
+/// The next cycle's trigger: the live heap the cycle found grown by GOGC %,
+/// at least MIN_HEAP and 1.25x what is in use after sweeping.
+fn set_next_goal(marked: u64, after: u64) {
+    let goal = marked.max(1) * (100 + GOGC.load(Relaxed)) / 100;
+    NEXT_GC.store(goal.max(MIN_HEAP).max(after + after / 4), Relaxed);
+}
 
 #[derive(Default)]
 struct Counters {
     cycles: AtomicU64,
     abandoned: AtomicU64,
-    pause_ns_total: AtomicU64,
-    pause_ns_max: AtomicU64,
+    last_concurrent: AtomicBool,
+    concurrent_mark_ns: AtomicU64,
+    rounds: AtomicU64,
+    rounds_max: AtomicU64,
+    dirty_pages: AtomicU64,
+    dirty_pages_last: AtomicU64,
+    dirty_failures: AtomicU64,
     root_scan_ns: AtomicU64,
     heap_mark_ns: AtomicU64,
     termination_ns: AtomicU64,
@@ -256,8 +371,13 @@ struct Counters {
 static C: Counters = Counters {
     cycles: AtomicU64::new(0),
     abandoned: AtomicU64::new(0),
-    pause_ns_total: AtomicU64::new(0),
-    pause_ns_max: AtomicU64::new(0),
+    last_concurrent: AtomicBool::new(false),
+    concurrent_mark_ns: AtomicU64::new(0),
+    rounds: AtomicU64::new(0),
+    rounds_max: AtomicU64::new(0),
+    dirty_pages: AtomicU64::new(0),
+    dirty_pages_last: AtomicU64::new(0),
+    dirty_failures: AtomicU64::new(0),
     root_scan_ns: AtomicU64::new(0),
     heap_mark_ns: AtomicU64::new(0),
     termination_ns: AtomicU64::new(0),
@@ -301,22 +421,30 @@ pub struct GcStats {
     pub unreachable_bytes: u64,
     /// The next cycle starts when the heap in use reaches this.
     pub next_gc_bytes: u64,
+    /// Concurrent marking: on (MAGPIE_CONCURRENT and a dirty-page source),
+    /// and whether the last cycle used it.
+    pub concurrent: bool,
+    pub last_cycle_concurrent: bool,
+    /// The dirty-page source: "uffd-wp-async", "soft-dirty" or "none".
+    pub dirty_source: &'static str,
+    /// Pauses by kind: sweep termination (start of a concurrent mark) and
+    /// mark termination (a stop-the-world cycle's whole mark).
+    pub sweep_termination: PauseSummary,
+    pub mark_termination: PauseSummary,
+    /// Time marking with the world running, summed over cycles.
+    pub concurrent_mark_ns: u64,
+    /// Termination attempts (rounds), summed and the most in one cycle.
+    pub rounds: u64,
+    pub rounds_max: u64,
+    /// Written heap pages rescanned at termination, summed and last cycle's.
+    pub dirty_pages: u64,
+    pub dirty_pages_last: u64,
+    /// Terminations where the dirty-page source failed (the heap was rescanned).
+    pub dirty_failures: u64,
 }
 
 pub fn stats() -> GcStats {
-    let n = (C.cycles.load(Relaxed) as usize).min(PAUSE_RING);
-    let mut p = [0u32; PAUSE_RING];
-    for (i, slot) in p[..n].iter_mut().enumerate() {
-        *slot = PAUSES[i].load(Relaxed);
-    }
-    p[..n].sort_unstable();
-    let pct = |q: usize| {
-        if n == 0 {
-            0
-        } else {
-            p[((n - 1) * q) / 100] as u64 * 1000
-        }
-    };
+    let all = ALL_PAUSES.summary();
     GcStats {
         mode: match mode() {
             Mode::Off => "off",
@@ -325,10 +453,21 @@ pub fn stats() -> GcStats {
         },
         cycles: C.cycles.load(Relaxed),
         abandoned: C.abandoned.load(Relaxed),
-        pause_total_ns: C.pause_ns_total.load(Relaxed),
-        pause_max_ns: C.pause_ns_max.load(Relaxed),
-        pause_p50_ns: pct(50),
-        pause_p99_ns: pct(99),
+        pause_total_ns: all.total_ns,
+        pause_max_ns: all.max_ns,
+        pause_p50_ns: all.p50_ns,
+        pause_p99_ns: all.p99_ns,
+        concurrent: concurrent_enabled(),
+        last_cycle_concurrent: C.last_concurrent.load(Relaxed),
+        dirty_source: dirty::source_name(),
+        sweep_termination: SWEEP_TERM_PAUSES.summary(),
+        mark_termination: MARK_TERM_PAUSES.summary(),
+        concurrent_mark_ns: C.concurrent_mark_ns.load(Relaxed),
+        rounds: C.rounds.load(Relaxed),
+        rounds_max: C.rounds_max.load(Relaxed),
+        dirty_pages: C.dirty_pages.load(Relaxed),
+        dirty_pages_last: C.dirty_pages_last.load(Relaxed),
+        dirty_failures: C.dirty_failures.load(Relaxed),
         root_scan_ns: C.root_scan_ns.load(Relaxed),
         heap_mark_ns: C.heap_mark_ns.load(Relaxed),
         termination_ns: C.termination_ns.load(Relaxed),
@@ -391,134 +530,9 @@ pub fn collect_now() -> bool {
     let mut regs = [0usize; 6];
     stop::spill_registers(&mut regs);
     let sp = core::hint::black_box(&regs).as_ptr() as usize;
-    let r = cycle(sp);
+    let r = cycle::run(sp);
     core::hint::black_box(&regs);
     r
-}
-
-#[inline(never)]
-fn cycle(my_sp: usize) -> bool {
-    let _cycle = CYCLE.lock();
-    let t_sweep = os::now_ns();
-    sweep_all();
-    C.sweep_ns.fetch_add(os::now_ns() - t_sweep, Relaxed);
-    let heap_before = heap::in_use_bytes() as u64;
-
-    let t0 = os::now_ns();
-    match stop::stop_world(STOP_TIMEOUT_NS.load(Relaxed)) {
-        stop::Stopped::All(_) => {}
-        stop::Stopped::GaveUp => {
-            C.abandoned.fetch_add(1, Relaxed);
-            return false;
-        }
-    }
-    PHASE.store(Phase::Mark as u8, Release);
-    let Some(mut m) = mark::Marker::new() else {
-        PHASE.store(Phase::Off as u8, Release);
-        stop::restart_world();
-        C.abandoned.fetch_add(1, Relaxed);
-        return false;
-    };
-
-    // Roots: this thread's stack (from a frame holding its registers), the
-    // stopped threads' stacks from their stack pointers, and every other
-    // writable mapping not magpie's own.
-    let mut sps = [0usize; 256];
-    let mut nsp = 0;
-    sps[nsp] = my_sp;
-    nsp += 1;
-    let mut extra_stacks = false;
-    stop::for_each_stopped(|_, sp| {
-        if sp != 0 {
-            if nsp < sps.len() {
-                sps[nsp] = sp;
-                nsp += 1;
-            } else {
-                extra_stacks = true;
-            }
-        }
-    });
-    let sps = &mut sps[..nsp];
-    sps.sort_unstable();
-    let mut own = [(0usize, 0usize); 1024];
-    let nown = crate::sys::owned::snapshot(&mut own);
-    let own = &own[..nown];
-    let maps_ok = roots::for_each_writable_mapping(|r| {
-        roots::minus_own(r.lo, r.hi, own, |lo, hi| {
-            // A stack: scan from the lowest stack pointer inside it up. (With
-            // more threads than the table holds, whole stacks are scanned.)
-            let sp = if r.stack_like && !extra_stacks {
-                sps.iter().copied().find(|&sp| sp >= lo && sp < hi)
-            } else {
-                None
-            };
-            m.scan_range(sp.unwrap_or(lo), hi);
-        });
-    });
-    let t_roots = os::now_ns();
-    if !maps_ok {
-        // Without the mappings there are no roots to trust: free nothing.
-        fatal::warn(format_args!(
-            "cannot read /proc/self/maps; collection abandoned"
-        ));
-    }
-    m.drain();
-    let t_mark = os::now_ns();
-
-    // Mark termination.
-    PHASE.store(Phase::MarkTermination as u8, Release);
-    // SAFETY: the world is stopped; no stopped thread is inside the allocator.
-    unsafe { cache::flush_all() };
-    central::flush_transfer();
-    if DEBUG_ALLOC_IN_TERMINATION.load(Relaxed) {
-        // The caches are empty: this must reach the slow path's check and abort.
-        let _ = crate::alloc::alloc_c(32);
-    }
-    if maps_ok {
-        let g = SWEEPGEN.fetch_add(1, Release) + 1;
-        ALLOC_TAG.store(span::alloc_byte(g), Release);
-    } else {
-        // Free nothing: clear this cycle's marks by sweeping nothing... the
-        // marks would make the next cycle keep garbage; clear them instead.
-        heap::for_each_span(|s| {
-            // SAFETY: the world is stopped; records are live.
-            unsafe {
-                if span::is_slotted((*s).state.load(Relaxed)) {
-                    (*s).clear_marks();
-                } else {
-                    (*s).large_mark.store(0, Relaxed);
-                }
-            }
-        });
-    }
-    PHASE.store(Phase::Off as u8, Release);
-    stop::restart_world();
-    let t_end = os::now_ns();
-    // Sweep with the world running (and lazily, in refill). Objects allocated
-    // from now on carry the new generation in their state byte, and the
-    // sweeper never frees those (allocate-black).
-    let t_s = os::now_ns();
-    if maps_ok {
-        sweep_all();
-    }
-    C.sweep_ns.fetch_add(os::now_ns() - t_s, Relaxed);
-
-    let pause = t_end - t0;
-    let cycle = C.cycles.fetch_add(1, Relaxed);
-    PAUSES[cycle as usize % PAUSE_RING].store((pause / 1000).min(u32::MAX as u64) as u32, Relaxed);
-    C.pause_ns_total.fetch_add(pause, Relaxed);
-    C.pause_ns_max.fetch_max(pause, Relaxed);
-    C.root_scan_ns.fetch_add(t_roots - t0, Relaxed);
-    C.heap_mark_ns.fetch_add(t_mark - t_roots, Relaxed);
-    C.termination_ns.fetch_add(t_end - t_mark, Relaxed);
-    C.marked_bytes_last.store(m.marked_bytes, Relaxed);
-    C.heap_before_last.store(heap_before, Relaxed);
-
-    let after = heap::in_use_bytes() as u64;
-    C.heap_after_last.store(after, Relaxed);
-    let goal = m.marked_bytes.max(1) * (100 + GOGC.load(Relaxed)) / 100;
-    NEXT_GC.store(goal.max(MIN_HEAP).max(after + after / 4), Relaxed);
-    maps_ok
 }
 
 /// Runs `f` while no collection cycle (and no collector sweep) is in progress.
@@ -527,18 +541,35 @@ pub fn without_cycles<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Fork: hold the cycle lock across fork so the child never inherits a cycle
-/// in progress; the child starts without a collector thread.
+/// Fork does not wait for a cycle in progress: a concurrent mark can last
+/// long, and programs fork with every signal blocked (git does), which a
+/// stop would wait for in vain. Only the dirty-page tracker's lock is taken;
+/// the child, which has no collector thread, drops whatever cycle its parent
+/// was in (see [`unlock_after_fork`]).
 pub fn lock_for_fork() {
-    core::mem::forget(CYCLE.lock());
+    dirty::lock_for_fork();
 }
 
 /// # Safety
-/// Only after [`lock_for_fork`].
+/// Only after [`lock_for_fork`], in the thread that called it.
 pub unsafe fn unlock_after_fork(child: bool) {
-    // SAFETY: the caller holds the lock leaked by lock_for_fork.
-    unsafe { CYCLE.force_unlock() };
-    if child {
-        THREAD.store(0, Relaxed);
+    // SAFETY: forwarded contract.
+    unsafe { dirty::unlock_after_fork() };
+    if !child {
+        return;
+    }
+    THREAD.store(0, Relaxed);
+    // The parent's collector may have held the cycle lock mid-cycle.
+    if CYCLE.is_locked() {
+        // SAFETY: its holder does not exist in the child.
+        unsafe { CYCLE.force_unlock() };
+    }
+    stop::reset_after_fork();
+    if PHASE.load(Relaxed) != Phase::Off as u8 {
+        // A mark was under way: forget it (no thread of the child marks).
+        PHASE.store(Phase::Off as u8, Relaxed);
+        ALLOC_TAG.store(span::alloc_byte(SWEEPGEN.load(Relaxed)), Relaxed);
+        cycle::clear_all_marks();
+        heap::release_deferred();
     }
 }

@@ -19,7 +19,7 @@
 //! blocks the signal, say) makes the collector give the cycle up.
 
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering::*};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 use crate::sys::{futex, os};
 
@@ -32,6 +32,10 @@ static STOPPING: AtomicBool = AtomicBool::new(false);
 /// Odd while the world is stopped.
 static EPOCH: AtomicU32 = AtomicU32::new(0);
 static ACKS: AtomicU32 = AtomicU32::new(0);
+/// Threads parked by a stop that have not yet left `park`: until they do,
+/// they run the handler with every signal blocked, and a new stop must not
+/// take them for threads that block its signal.
+static PARKED: AtomicU32 = AtomicU32::new(0);
 
 /// The threads of the current stop: tid and the stack pointer each recorded.
 struct Table {
@@ -131,8 +135,12 @@ fn park(sp: usize) {
         // Not signalled by this stop (an old signal arriving late): nothing to do.
         return;
     }
+    PARKED.fetch_add(1, AcqRel);
     while EPOCH.load(Acquire) == epoch {
         futex::wait(&EPOCH, epoch, None);
+    }
+    if PARKED.fetch_sub(1, AcqRel) == 1 {
+        futex::wake(&PARKED, i32::MAX);
     }
 }
 
@@ -226,6 +234,17 @@ pub enum Stopped {
 /// Stops every thread but the caller. `timeout_ns` bounds the wait for
 /// acknowledgements.
 pub fn stop_world(timeout_ns: u64) -> Stopped {
+    // Let the threads of the previous stop leave their handler first (a
+    // concurrent cycle stops twice in quick succession). Bounded: a thread
+    // descheduled for long only delays this stop, it cannot block it.
+    let wait_start = os::now_ns();
+    loop {
+        let p = PARKED.load(Acquire);
+        if p == 0 || os::now_ns() - wait_start > timeout_ns / 2 {
+            break;
+        }
+        futex::wait(&PARKED, p, Some(1_000_000));
+    }
     let me = gettid();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
@@ -297,7 +316,15 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
             for i in 0..n as usize {
                 let tid = TABLE.tid[i].load(Relaxed);
                 if !TABLE.acked[i].load(Acquire) && stop_signal_blocked_now(tid) {
-                    report_once(tid, "blocks the stop signal");
+                    // Threads block signals for a moment (glibc while it
+                    // creates a thread, git around fork, slow under load):
+                    // say so only when the same thread has kept it blocked
+                    // for a second of attempts.
+                    if BLOCKED_TID.swap(tid, Relaxed) != tid {
+                        BLOCKED_SINCE_NS.store(now, Relaxed);
+                    } else if now - BLOCKED_SINCE_NS.load(Relaxed) > 1_000_000_000 {
+                        report_once(tid, "blocks the stop signal");
+                    }
                     restart_world();
                     return Stopped::GaveUp;
                 }
@@ -323,6 +350,11 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
         futex::wait(&ACKS, acks, Some(50_000));
     }
 }
+
+/// The thread whose blocked stop signal last made a stop give up, and when
+/// it first did (in a row).
+static BLOCKED_TID: AtomicI32 = AtomicI32::new(0);
+static BLOCKED_SINCE_NS: AtomicU64 = AtomicU64::new(0);
 
 /// Says, once per process, why a cycle was given up.
 fn report_once(tid: i32, why: &str) {
@@ -352,6 +384,18 @@ fn report_unstopped_once() {
 }
 
 /// Restarts every parked thread.
+/// In a fork child: no thread is parked or stopping (the parent's
+/// collector may have been in the middle of a stop).
+pub fn reset_after_fork() {
+    STOPPING.store(false, Relaxed);
+    PARKED.store(0, Relaxed);
+    let e = EPOCH.load(Relaxed);
+    if e & 1 == 1 {
+        EPOCH.store(e + 1, Relaxed);
+    }
+    PENDING.with(|p| p.set(false));
+}
+
 pub fn restart_world() {
     STOPPING.store(false, Release);
     EPOCH.fetch_add(1, AcqRel); // even: running

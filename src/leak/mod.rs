@@ -63,7 +63,12 @@ pub fn init() {
         return;
     }
     DEPTH.store(
-        env::get_u64("MAGPIE_LEAK_STACKS", 8, 0, (stacks::MAX_DEPTH - OWN_FRAMES) as u64) as usize,
+        env::get_u64(
+            "MAGPIE_LEAK_STACKS",
+            8,
+            0,
+            (stacks::MAX_DEPTH - OWN_FRAMES) as u64,
+        ) as usize,
         Relaxed,
     );
     report::init();
@@ -118,7 +123,13 @@ pub fn record(p: *mut u8, size: usize, id: u32) {
 /// `p` is null or an object magpie just returned to this caller; the
 /// registers describe this thread's live stack.
 #[no_mangle]
-pub unsafe extern "C" fn magpie_leak_record(p: *mut u8, size: usize, ip: usize, sp: usize, bp: usize) {
+pub unsafe extern "C" fn magpie_leak_record(
+    p: *mut u8,
+    size: usize,
+    ip: usize,
+    sp: usize,
+    bp: usize,
+) {
     if p.is_null() || !tracking() {
         return;
     }

@@ -31,7 +31,10 @@ static PATH_LEN: AtomicUsize = AtomicUsize::new(0);
 static STDERR: AtomicI32 = AtomicI32::new(2);
 
 pub(super) fn init() {
-    EXIT_CODE.store(env::get_u64("MAGPIE_LEAK_EXITCODE", 0, 0, 255) as i32, Relaxed);
+    EXIT_CODE.store(
+        env::get_u64("MAGPIE_LEAK_EXITCODE", 0, 0, 255) as i32,
+        Relaxed,
+    );
     if let Some(p) = env::get("MAGPIE_LEAK_REPORT").filter(|p| !p.is_empty()) {
         PATH.store(p.as_ptr() as usize, Relaxed);
         PATH_LEN.store(p.len(), Relaxed);
@@ -156,7 +159,11 @@ fn is_allocator_frame(function: &str) -> bool {
 /// Writes the report. `at_exit` only changes the heading.
 pub(super) fn write(at_exit: bool) {
     let (fd, close) = open_destination();
-    let mut w = FdWriter { fd, buf: [0; 8192], len: 0 };
+    let mut w = FdWriter {
+        fd,
+        buf: [0; 8192],
+        len: 0,
+    };
     let _ = write_to(&mut w, at_exit);
     w.flush();
     if close {
@@ -200,7 +207,10 @@ fn write_to(w: &mut FdWriter, at_exit: bool) -> fmt::Result {
         )?;
         // Every address of the reported stacks, deduplicated, for one
         // symbolizer pass.
-        let nframes: usize = order.iter().map(|&(_, id)| stacks::get(id as u32).map_or(0, |s| s.0.len())).sum();
+        let nframes: usize = order
+            .iter()
+            .map(|&(_, id)| stacks::get(id as u32).map_or(0, |s| s.0.len()))
+            .sum();
         let Some(mut addr_mem) = Scratch::new(nframes * 8) else {
             return writeln!(w, "magpie: leak report: out of memory");
         };
@@ -223,10 +233,16 @@ fn write_to(w: &mut FdWriter, at_exit: bool) -> fmt::Result {
         let sym = Symbolizer::new(&addrs[..m]);
         let depth = super::depth();
         for &(bytes, id) in order.iter() {
-            let Some((frames, e)) = stacks::get(id as u32) else { continue };
+            let Some((frames, e)) = stacks::get(id as u32) else {
+                continue;
+            };
             writeln!(w)?;
             let objects = e.leaked_objects.load(Relaxed);
-            writeln!(w, "{bytes} bytes in {objects} {} leaked at:", plural(objects, "object"))?;
+            writeln!(
+                w,
+                "{bytes} bytes in {objects} {} leaked at:",
+                plural(objects, "object")
+            )?;
             let skip = frames
                 .iter()
                 .take_while(|&&a| sym.frame(a).function.is_some_and(is_allocator_frame))

@@ -1,0 +1,445 @@
+//! One collection cycle, stop-the-world or concurrent.
+//!
+//! ```text
+//! stop-the-world:  sweep ─ [stop: roots, mark, terminate] ─ sweep
+//! concurrent:      sweep, protect heap ─ [stop: Mark, black, grey tiny] ─
+//!                  mark roots + heap while the program runs ─
+//!                  [stop: stacks, roots, written pages, drain, terminate]
+//!                  (or, if the written pages would blow the pause budget:
+//!                  restart, scan them concurrently, stop again) ─ sweep
+//! ```
+//!
+//! Concurrent marking (`MAGPIE_CONCURRENT=1`, the default where a dirty-page
+//! source exists, see `dirty`) keeps these invariants:
+//!
+//! 1. **Protect before marking.** `dirty::start` write-protects the heap
+//!    before the marker reads any of it: a write that lands before a page's
+//!    protection is visible to the marker's later read; one after is reported
+//!    by `dirty::collect_written` and rescanned. Writes by the kernel too.
+//! 2. **Allocate black.** At sweep termination (world stopped) the allocation
+//!    tag moves to the next sweep generation: objects allocated while marking
+//!    are never swept by this cycle, and the marker neither marks nor scans
+//!    them (their contents may not be initialised; Go's freeIndexForScan).
+//!    What they hold was written after the heap was protected, so it is on a
+//!    written page, rescanned at termination.
+//! 3. **Everything else is rescanned at termination, with the world
+//!    stopped:** every stack from its stack pointer and the saved registers,
+//!    every root mapping (they are not tracked: magpie write-protects only
+//!    memory it owns), and the heap pages written since they were protected.
+//!    So a reference moved from an unscanned place into a scanned one (heap,
+//!    stack, register, root, a fresh object, a `read(2)` buffer) is found.
+//! 4. **Stable records.** While the phase is not Off, no span is released:
+//!    emptied small spans stay on their lists and freed large spans are
+//!    deferred (`heap::release_deferred`), so the concurrent marker never reads
+//!    a recycled record or bitmap. Spans created while marking are published
+//!    in the page map with Release after their record is initialised.
+//! 5. **Concurrent root reads cannot fault.** Root mappings may be unmapped by
+//!    the program while the marker reads them: they are copied with
+//!    `process_vm_readv`. Heap memory is never unmapped.
+//!
+//! The pause budget (`MAGPIE_PAUSE_TARGET_US`, default 500): when the written
+//! pages found at a termination attempt would take the pause past it, the
+//! world restarts, those pages (already protected again) are scanned
+//! concurrently, and termination is tried again — at most `MAX_ROUNDS` times,
+//! as Go's gcMarkDone loop and Boehm's abandoned attempts do.
+
+use core::sync::atomic::Ordering::*;
+
+use super::{dirty, mark, roots, stop, Phase, ALLOC_TAG, C, CYCLE, PHASE, SWEEPGEN};
+use crate::alloc::{cache, central, heap, span};
+use crate::sys::{fatal, os};
+
+/// Termination attempts before the last one, which finishes whatever it finds.
+const MAX_ROUNDS: u32 = 4;
+/// Estimated cost of rescanning one written 4 KiB page, for the pause budget.
+const NS_PER_PAGE: u64 = 600;
+
+/// Runs a cycle; `my_sp` is where this thread's stack is scanned from.
+pub(super) fn run(my_sp: usize) -> bool {
+    let _cycle = CYCLE.lock();
+    let t_sweep = os::now_ns();
+    super::sweep_all();
+    C.sweep_ns.fetch_add(os::now_ns() - t_sweep, Relaxed);
+    let heap_before = heap::in_use_bytes() as u64;
+    dirty::set_scan_end(heap::committed_end());
+    let marked = if super::concurrent_enabled() && dirty::start() {
+        concurrent(my_sp)
+    } else {
+        stop_the_world(my_sp)
+    };
+    let Some(marked) = marked else {
+        return false;
+    };
+    finish(heap_before, marked);
+    true
+}
+
+/// The whole mark with the world stopped. Returns the bytes marked, or None
+/// if the cycle was abandoned.
+fn stop_the_world(my_sp: usize) -> Option<u64> {
+    let t0 = os::now_ns();
+    if !stop_or_abandon() {
+        return None;
+    }
+    PHASE.store(Phase::Mark as u8, Release);
+    let Some(mut m) = mark::Marker::new() else {
+        PHASE.store(Phase::Off as u8, Release);
+        stop::restart_world();
+        C.abandoned.fetch_add(1, Relaxed);
+        return None;
+    };
+    let maps_ok = scan_roots_stopped(&mut m, my_sp);
+    let t_roots = os::now_ns();
+    m.drain();
+    let t_mark = os::now_ns();
+    terminate(maps_ok);
+    stop::restart_world();
+    let t_end = os::now_ns();
+    C.root_scan_ns.fetch_add(t_roots - t0, Relaxed);
+    C.heap_mark_ns.fetch_add(t_mark - t_roots, Relaxed);
+    C.termination_ns.fetch_add(t_end - t_mark, Relaxed);
+    super::MARK_TERM_PAUSES.record(t_end - t0);
+    C.last_concurrent.store(false, Relaxed);
+    if !maps_ok {
+        return roots_unreadable();
+    }
+    Some(m.marked_bytes)
+}
+
+/// The concurrent mark (the heap was just protected). Returns the bytes
+/// marked, or None if the cycle was abandoned.
+fn concurrent(my_sp: usize) -> Option<u64> {
+    // Sweep termination: Mark phase, allocate black, grey the tiny blocks.
+    let t0 = os::now_ns();
+    if !stop_or_abandon() {
+        return None;
+    }
+    let gen = SWEEPGEN.load(Relaxed);
+    PHASE.store(Phase::Mark as u8, Release);
+    ALLOC_TAG.store(span::alloc_byte(gen + 1), Release);
+    let Some(mut m) = mark::Marker::new() else {
+        abandon(gen, true);
+        return None;
+    };
+    m.set_black_gen(gen + 1);
+    // SAFETY: the world is stopped.
+    unsafe { cache::for_each_tiny_block(|b| m.mark_word(b)) };
+    // The stack pointers now: the concurrent pass scans stacks from there
+    // (a head start; termination rescans them from where they are then).
+    let sps = StackPointers::new(my_sp);
+    stop::restart_world();
+    super::SWEEP_TERM_PAUSES.record(os::now_ns() - t0);
+
+    // Mark with the world running: root mappings (copied: the program may
+    // unmap them), then the heap. Stacks wait for termination.
+    let t_conc = os::now_ns();
+    let mut own = [(0usize, 0usize); 1024];
+    let nown = crate::sys::owned::snapshot(&mut own);
+    let own = &own[..nown];
+    roots::for_each_writable_mapping(|r| {
+        roots::minus_own(r.lo, r.hi, own, |lo, hi| {
+            let from = if r.stack_like {
+                sps.lowest_in(lo, hi)
+            } else {
+                Some(lo)
+            };
+            if let Some(from) = from {
+                m.scan_range_copied(from, hi);
+            }
+        });
+    });
+    m.drain();
+    let mut conc_ns = os::now_ns() - t_conc;
+
+    // Mark termination, retried while the written pages would blow the budget.
+    let budget = super::PAUSE_TARGET_NS.load(Relaxed);
+    let mut runs = RunBuffer::new();
+    let mut rounds = 0;
+    let mut dirty_pages = 0u64;
+    loop {
+        rounds += 1;
+        let t = os::now_ns();
+        if let stop::Stopped::GaveUp = stop::stop_world(super::STOP_TIMEOUT_NS.load(Relaxed)) {
+            abandon(gen, false);
+            return None;
+        }
+        let t_stopped = os::now_ns();
+        let maps_ok = scan_roots_stopped(&mut m, my_sp);
+        let t_roots = os::now_ns();
+        m.drain();
+        let t_drain = os::now_ns();
+        runs.clear();
+        dirty::set_scan_end(heap::committed_end());
+        let pages = dirty::collect_written(&mut |a, n| runs.push(&mut m, a, n * 4096));
+        if super::DEBUG_PAUSES.load(Relaxed) {
+            fatal::warn(format_args!(
+                "termination round {rounds}: stop {} µs, roots {} µs, drain {} µs, collect written pages {} µs ({:?} pages)",
+                (t_stopped - t) / 1000,
+                (t_roots - t_stopped) / 1000,
+                (t_drain - t_roots) / 1000,
+                (os::now_ns() - t_drain) / 1000,
+                pages
+            ));
+        }
+        let Some(pages) = pages else {
+            // The tracker failed: rescan every object, world stopped.
+            m.scan_written(heap::range().0, heap::committed_end());
+            m.drain();
+            finish_termination(maps_ok, t);
+            C.dirty_failures.fetch_add(1, Relaxed);
+            if !maps_ok {
+                return roots_unreadable();
+            }
+            break;
+        };
+        dirty_pages += pages as u64;
+        let spent = os::now_ns() - t;
+        if rounds < MAX_ROUNDS && spent + pages as u64 * NS_PER_PAGE > budget {
+            // Over budget: scan these pages (protected again) with the world
+            // running, and try again.
+            stop::restart_world();
+            super::MARK_TERM_PAUSES.record(os::now_ns() - t);
+            let tc = os::now_ns();
+            runs.scan(&mut m);
+            m.drain();
+            conc_ns += os::now_ns() - tc;
+            continue;
+        }
+        runs.scan(&mut m);
+        m.drain();
+        finish_termination(maps_ok, t);
+        if !maps_ok {
+            return roots_unreadable();
+        }
+        break;
+    }
+    C.concurrent_mark_ns.fetch_add(conc_ns, Relaxed);
+    C.rounds.fetch_add(rounds as u64, Relaxed);
+    C.rounds_max.fetch_max(rounds as u64, Relaxed);
+    C.dirty_pages.fetch_add(dirty_pages, Relaxed);
+    C.dirty_pages_last.store(dirty_pages, Relaxed);
+    C.last_concurrent.store(true, Relaxed);
+    Some(m.marked_bytes)
+}
+
+/// The end of a (successful) termination attempt: terminate, restart, count.
+fn finish_termination(maps_ok: bool, t: u64) {
+    let t1 = os::now_ns();
+    terminate(maps_ok);
+    if super::DEBUG_PAUSES.load(Relaxed) {
+        fatal::warn(format_args!(
+            "termination: {} µs before terminating, {} µs terminating",
+            (t1 - t) / 1000,
+            (os::now_ns() - t1) / 1000
+        ));
+    }
+    stop::restart_world();
+    let pause = os::now_ns() - t;
+    super::MARK_TERM_PAUSES.record(pause);
+    C.termination_ns.fetch_add(pause, Relaxed);
+}
+
+/// A cycle whose roots could not be read frees nothing (its marks were
+/// cleared at termination).
+fn roots_unreadable() -> Option<u64> {
+    heap::release_deferred();
+    C.abandoned.fetch_add(1, Relaxed);
+    None
+}
+
+/// Stops the world, or counts the cycle abandoned.
+fn stop_or_abandon() -> bool {
+    match stop::stop_world(super::STOP_TIMEOUT_NS.load(Relaxed)) {
+        stop::Stopped::All(_) => true,
+        stop::Stopped::GaveUp => {
+            C.abandoned.fetch_add(1, Relaxed);
+            false
+        }
+    }
+}
+
+/// Gives a concurrent cycle up (a thread did not stop, or no mark stack):
+/// nothing is freed; marks are cleared; allocation goes back to the current
+/// generation. `stopped`: the world is stopped now (restart it).
+fn abandon(gen: u32, stopped: bool) {
+    PHASE.store(Phase::Off as u8, Release);
+    ALLOC_TAG.store(span::alloc_byte(gen), Release);
+    if stopped {
+        stop::restart_world();
+    }
+    clear_all_marks();
+    heap::release_deferred();
+    C.abandoned.fetch_add(1, Relaxed);
+}
+
+pub(super) fn clear_all_marks() {
+    heap::for_each_span(|s| {
+        // SAFETY: records are type-stable; marks are only read by a marker.
+        unsafe {
+            if span::is_slotted((*s).state.load(Relaxed)) {
+                (*s).clear_marks();
+            } else {
+                (*s).large_mark.store(0, Relaxed);
+            }
+        }
+    });
+}
+
+/// With the world stopped: this thread's stack (from `my_sp`), the stopped
+/// threads' stacks from their stack pointers, and every other writable
+/// mapping not magpie's own. Returns false if /proc/self/maps was unreadable.
+fn scan_roots_stopped(m: &mut mark::Marker, my_sp: usize) -> bool {
+    let sps = StackPointers::new(my_sp);
+    let mut own = [(0usize, 0usize); 1024];
+    let nown = crate::sys::owned::snapshot(&mut own);
+    let own = &own[..nown];
+    let maps_ok = roots::for_each_writable_mapping(|r| {
+        roots::minus_own(r.lo, r.hi, own, |lo, hi| {
+            // A stack: scan from the lowest stack pointer inside it up.
+            let sp = if r.stack_like {
+                sps.lowest_in(lo, hi)
+            } else {
+                None
+            };
+            m.scan_range(sp.unwrap_or(lo), hi);
+        });
+    });
+    if !maps_ok {
+        // Without the mappings there are no roots to trust: free nothing.
+        fatal::warn(format_args!(
+            "cannot read /proc/self/maps; collection abandoned"
+        ));
+    }
+    maps_ok
+}
+
+/// Mark termination, world stopped: empty every per-CPU cache (they live in
+/// memory the collector does not scan) and the transfer caches; advance the
+/// sweep generation (or, if the roots could not be read, clear the marks so
+/// nothing is freed).
+fn terminate(maps_ok: bool) {
+    PHASE.store(Phase::MarkTermination as u8, Release);
+    // SAFETY: the world is stopped; no stopped thread is inside the allocator.
+    unsafe { cache::flush_all() };
+    central::flush_transfer();
+    if super::DEBUG_ALLOC_IN_TERMINATION.load(Relaxed) {
+        // The caches are empty: this must reach the slow path's check and abort.
+        let _ = crate::alloc::alloc_c(32);
+    }
+    if maps_ok {
+        let g = SWEEPGEN.fetch_add(1, Release) + 1;
+        ALLOC_TAG.store(span::alloc_byte(g), Release);
+    } else {
+        clear_all_marks();
+        ALLOC_TAG.store(span::alloc_byte(SWEEPGEN.load(Relaxed)), Release);
+    }
+    PHASE.store(Phase::Off as u8, Release);
+}
+
+/// After a cycle that marked: release what was deferred, sweep with the world
+/// running (objects allocated from now on carry the new generation and are
+/// never swept by it), then statistics and pacing.
+fn finish(heap_before: u64, marked: u64) {
+    heap::release_deferred();
+    let t_s = os::now_ns();
+    super::sweep_all();
+    C.sweep_ns.fetch_add(os::now_ns() - t_s, Relaxed);
+    C.cycles.fetch_add(1, Relaxed);
+    C.marked_bytes_last.store(marked, Relaxed);
+    C.heap_before_last.store(heap_before, Relaxed);
+    let after = heap::in_use_bytes() as u64;
+    C.heap_after_last.store(after, Relaxed);
+    super::set_next_goal(marked, after);
+}
+
+/// The written runs of one termination attempt, kept so that they can be
+/// scanned either now (world stopped) or after a restart. When full, runs
+/// are scanned on the spot.
+struct RunBuffer {
+    runs: *mut (usize, usize),
+    len: usize,
+}
+
+const RUNS: usize = 1 << 16;
+static RUN_MEM: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+impl RunBuffer {
+    fn new() -> RunBuffer {
+        let mut p = RUN_MEM.load(Relaxed) as *mut (usize, usize);
+        if p.is_null() {
+            p = os::map_owned(RUNS * 16) as *mut (usize, usize);
+            RUN_MEM.store(p as usize, Relaxed);
+        }
+        RunBuffer { runs: p, len: 0 }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    fn push(&mut self, m: &mut mark::Marker, addr: usize, bytes: usize) {
+        if self.runs.is_null() || self.len == RUNS {
+            m.scan_written(addr, addr + bytes);
+            return;
+        }
+        // SAFETY: len < RUNS, inside the mapping.
+        unsafe { *self.runs.add(self.len) = (addr, bytes) };
+        self.len += 1;
+    }
+
+    fn scan(&mut self, m: &mut mark::Marker) {
+        for k in 0..self.len {
+            // SAFETY: k < len, written by push.
+            let (a, n) = unsafe { *self.runs.add(k) };
+            m.scan_written(a, a + n);
+        }
+        self.len = 0;
+    }
+}
+
+/// The stack pointers of this thread and of the stopped threads (world
+/// stopped when taken), sorted.
+struct StackPointers {
+    sps: [usize; 256],
+    n: usize,
+    /// More threads than the table holds: whole stacks are scanned.
+    overflow: bool,
+}
+
+impl StackPointers {
+    fn new(my_sp: usize) -> StackPointers {
+        let mut t = StackPointers {
+            sps: [0; 256],
+            n: 1,
+            overflow: false,
+        };
+        t.sps[0] = my_sp;
+        stop::for_each_stopped(|_, sp| {
+            if sp != 0 {
+                if t.n < t.sps.len() {
+                    t.sps[t.n] = sp;
+                    t.n += 1;
+                } else {
+                    t.overflow = true;
+                }
+            }
+        });
+        t.sps[..t.n].sort_unstable();
+        t
+    }
+
+    /// Where to scan a stack-like mapping `[lo, hi)` from: the lowest stack
+    /// pointer inside it, or `lo` if the table overflowed. None if no
+    /// thread's stack pointer is inside (a stack glibc keeps cached for
+    /// reuse, or a mapping that only looks like a stack): scanned whole by
+    /// the stopped-world pass, skipped by the concurrent one.
+    fn lowest_in(&self, lo: usize, hi: usize) -> Option<usize> {
+        if self.overflow {
+            return Some(lo);
+        }
+        self.sps[..self.n]
+            .iter()
+            .copied()
+            .find(|&sp| sp >= lo && sp < hi)
+    }
+}
