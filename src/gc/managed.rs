@@ -92,6 +92,20 @@ pub extern "C" fn magpie_gc_collect() -> i32 {
     super::collect_now() as i32
 }
 
+/// `magpie_gc_phase`: what the collector is doing now: 0 not marking, 1
+/// marking (concurrently, or with the world stopped), 2 mark termination.
+/// For tools and benchmarks that relate their own figures to the cycle.
+#[no_mangle]
+pub extern "C" fn magpie_gc_phase() -> i32 {
+    super::phase() as i32
+}
+
+/// `magpie_gc_cycles`: collection cycles completed so far.
+#[no_mangle]
+pub extern "C" fn magpie_gc_cycles() -> u64 {
+    super::stats().cycles
+}
+
 /// A pointer to a value on the GC-managed heap: `Copy`, dereferences to the
 /// value, never freed by the program; the collector reclaims the value's
 /// memory once no pointer to it remains (in `MAGPIE_GC=collect` and
