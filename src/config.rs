@@ -7,6 +7,8 @@ use crate::sys::env;
 
 /// `MAGPIE_STATS=1`: print a summary to stderr at exit.
 pub static STATS_AT_EXIT: AtomicBool = AtomicBool::new(false);
+/// `MAGPIE_STATS=json`: the exit summary as one JSON object instead.
+pub static STATS_JSON: AtomicBool = AtomicBool::new(false);
 /// `MAGPIE_SCAN_ALL=1`: no pointer-free (noscan) spans for Rust layouts.
 pub static SCAN_ALL: AtomicBool = AtomicBool::new(false);
 /// `MAGPIE_RSEQ=0`: never use rseq (forces the locked per-CPU caches).
@@ -19,7 +21,12 @@ pub static RETAIN: AtomicUsize = AtomicUsize::new(64 << 20);
 pub static RESERVE: AtomicUsize = AtomicUsize::new(1 << 40);
 
 pub fn load() {
-    STATS_AT_EXIT.store(env::get_bool("MAGPIE_STATS", false), Relaxed);
+    if env::get("MAGPIE_STATS") == Some(b"json".as_slice()) {
+        STATS_AT_EXIT.store(true, Relaxed);
+        STATS_JSON.store(true, Relaxed);
+    } else {
+        STATS_AT_EXIT.store(env::get_bool("MAGPIE_STATS", false), Relaxed);
+    }
     SCAN_ALL.store(env::get_bool("MAGPIE_SCAN_ALL", false), Relaxed);
     USE_RSEQ.store(env::get_bool("MAGPIE_RSEQ", true), Relaxed);
     DECAY_MS.store(env::get_u64("MAGPIE_DECAY_MS", 1000, 0, 3_600_000), Relaxed);

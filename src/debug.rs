@@ -260,3 +260,32 @@ pub(crate) fn explained() -> Option<usize> {
         v => Some(v ^ EXPLAIN_MASK),
     }
 }
+
+/// True if `addr` is the start of an object the heap holds as allocated
+/// (for tests that must notice an object the collector freed before its
+/// memory is reused).
+pub fn is_allocated(addr: usize) -> bool {
+    let s = crate::alloc::heap::span_of(addr);
+    if s.is_null() {
+        return false;
+    }
+    // SAFETY: span_of returns live span records.
+    let sp = unsafe { &*s };
+    match sp.state.load(core::sync::atomic::Ordering::Relaxed) {
+        crate::alloc::span::SMALL | crate::alloc::span::TINY => {
+            let i = sp.slot_of(addr);
+            i < sp.nelems as usize
+                && sp.slot_addr(i) == addr
+                && crate::alloc::span::is_allocated(
+                    sp.slot_state(i).load(core::sync::atomic::Ordering::Relaxed),
+                )
+        }
+        crate::alloc::span::LARGE => {
+            addr == sp.base
+                && crate::alloc::span::is_allocated(
+                    sp.large_alloc.load(core::sync::atomic::Ordering::Relaxed),
+                )
+        }
+        _ => false,
+    }
+}

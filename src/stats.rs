@@ -5,7 +5,7 @@
 //! statistics, not accounting). Tiny objects are counted per 16-byte block.
 //! Large objects and page-heap figures are exact.
 
-use core::fmt::Write;
+use core::fmt::{self, Write};
 use core::sync::atomic::Ordering::Relaxed;
 
 use crate::alloc::{self as engine, cache, central, heap, meta, sizeclass};
@@ -305,10 +305,93 @@ pub fn keep_stderr_for_exit() {
     }
 }
 
-/// The `MAGPIE_STATS=1` exit handler.
+/// The `MAGPIE_STATS=1` (or `=json`) exit handler.
 pub extern "C" fn print_at_exit() {
     let s = stats();
-    let mut b = StackBuf::<8192>::new();
-    let _ = write_summary(&mut b, &s);
+    let mut b = StackBuf::<16384>::new();
+    let _ = if crate::config::STATS_JSON.load(Relaxed) {
+        write_json(&mut b, &s)
+    } else {
+        write_summary(&mut b, &s)
+    };
     crate::sys::fatal::write_fd(STATS_FD.load(Relaxed), b.as_bytes());
+}
+
+/// The statistics as one JSON object on one line (`MAGPIE_STATS=json`), for
+/// tools and CI. Durations in nanoseconds, sizes in bytes.
+pub fn write_json(out: &mut dyn Write, s: &Stats) -> fmt::Result {
+    let g = &s.gc;
+    let pauses = |out: &mut dyn Write, name: &str, p: &crate::gc::PauseSummary| {
+        write!(
+            out,
+            "\"{name}\":{{\"count\":{},\"total_ns\":{},\"max_ns\":{},\"p50_ns\":{},\"p99_ns\":{}}}",
+            p.count, p.total_ns, p.max_ns, p.p50_ns, p.p99_ns
+        )
+    };
+    write!(
+        out,
+        "{{\"allocations\":{},\"frees\":{},\"allocated_bytes\":{},\"freed_bytes\":{},\"live_bytes\":{},",
+        s.allocations, s.frees, s.allocated_bytes, s.freed_bytes, s.live_bytes
+    )?;
+    write!(
+        out,
+        "\"heap\":{{\"reserved\":{},\"committed\":{},\"in_use\":{},\"free\":{},\"free_resident\":{},\"released_to_os\":{}}},",
+        s.heap_reserved, s.heap_committed, s.heap_in_use, s.heap_free, s.heap_free_resident, s.released_to_os
+    )?;
+    write!(
+        out,
+        "\"metadata_bytes\":{},\"mapped_bytes\":{},\"resident_bytes\":{},\"cache_mode\":\"{}\",\"cpus\":{},",
+        s.metadata_bytes, s.mapped_bytes, s.resident_bytes, s.cache_mode, s.cpus
+    )?;
+    write!(
+        out,
+        "\"gc\":{{\"mode\":\"{}\",\"cycles\":{},\"abandoned\":{},\"concurrent\":{},\"last_cycle_concurrent\":{},\"dirty_source\":\"{}\",",
+        g.mode, g.cycles, g.abandoned, g.concurrent, g.last_cycle_concurrent, g.dirty_source
+    )?;
+    let all = crate::gc::PauseSummary {
+        count: g.sweep_termination.count + g.mark_termination.count,
+        total_ns: g.pause_total_ns,
+        max_ns: g.pause_max_ns,
+        p50_ns: g.pause_p50_ns,
+        p99_ns: g.pause_p99_ns,
+    };
+    pauses(out, "pauses", &all)?;
+    out.write_str(",")?;
+    pauses(out, "sweep_termination", &g.sweep_termination)?;
+    out.write_str(",")?;
+    pauses(out, "mark_termination", &g.mark_termination)?;
+    write!(
+        out,
+        ",\"concurrent_mark_ns\":{},\"rounds\":{},\"rounds_max\":{},\"dirty_pages\":{},\"dirty_pages_last\":{},\"dirty_failures\":{},",
+        g.concurrent_mark_ns, g.rounds, g.rounds_max, g.dirty_pages, g.dirty_pages_last, g.dirty_failures
+    )?;
+    write!(
+        out,
+        "\"root_scan_ns\":{},\"heap_mark_ns\":{},\"termination_ns\":{},\"sweep_ns\":{},\"marked_bytes_last\":{},\"heap_before_last\":{},\"heap_after_last\":{},",
+        g.root_scan_ns, g.heap_mark_ns, g.termination_ns, g.sweep_ns, g.marked_bytes_last, g.heap_before_last, g.heap_after_last
+    )?;
+    write!(
+        out,
+        "\"reclaimed_objects\":{},\"reclaimed_bytes\":{},\"unreachable_objects\":{},\"unreachable_bytes\":{},\"next_gc_bytes\":{}}},",
+        g.reclaimed_objects, g.reclaimed_bytes, g.unreachable_objects, g.unreachable_bytes, g.next_gc_bytes
+    )?;
+    let l = crate::leak::totals();
+    write!(
+        out,
+        "\"leaks\":{{\"bytes\":{},\"objects\":{}}},\"classes\":[",
+        l.bytes, l.objects
+    )?;
+    let mut first = true;
+    for c in s.classes.iter().skip(1).filter(|c| c.allocs > 0) {
+        if !first {
+            out.write_str(",")?;
+        }
+        first = false;
+        write!(
+            out,
+            "{{\"size\":{},\"allocs\":{},\"frees\":{},\"live\":{},\"spans\":{}}}",
+            c.size, c.allocs, c.frees, c.live, c.spans
+        )?;
+    }
+    out.write_str("]}\n")
 }

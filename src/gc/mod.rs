@@ -220,7 +220,21 @@ pub fn after_slow_alloc(p: *mut u8) {
 static WAKE: AtomicU32 = AtomicU32::new(0);
 static THREAD: AtomicU8 = AtomicU8::new(0); // 0 none, 1 starting, 2 running
 
-fn wake_collector() {
+/// Cycles asked for by other threads (`collect_now`), and the last request
+/// the collector thread has served, with the outcome of the cycle that
+/// served it. Cycles run on the collector's own stack: the marker's frames
+/// then never leave heap addresses in a program thread's stack, where a
+/// later, deeper call could bring them back into the scanned region.
+static REQUESTS: AtomicU32 = AtomicU32::new(0);
+static SERVED: AtomicU32 = AtomicU32::new(0);
+static SERVED_OK: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    static IS_COLLECTOR: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Starts the collector thread if there is none. True once it runs.
+fn ensure_collector() -> bool {
     if THREAD.load(Acquire) == 0 && THREAD.compare_exchange(0, 1, AcqRel, Relaxed).is_ok() {
         // SAFETY: creates a detached thread running collector_main; pthread_create
         // may allocate (we hold no allocator lock here).
@@ -233,23 +247,42 @@ fn wake_collector() {
             libc::pthread_attr_destroy(&mut attr);
             if r != 0 {
                 THREAD.store(0, Release);
-                return;
+                return false;
             }
         }
         THREAD.store(2, Release);
     }
-    WAKE.fetch_add(1, Release);
-    futex::wake(&WAKE, 1);
+    while THREAD.load(Acquire) == 1 {
+        core::hint::spin_loop();
+    }
+    THREAD.load(Acquire) == 2
+}
+
+fn wake_collector() {
+    if ensure_collector() {
+        WAKE.fetch_add(1, Release);
+        futex::wake(&WAKE, 1);
+    }
 }
 
 extern "C" fn collector_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    IS_COLLECTOR.with(|c| c.set(true));
     loop {
         let w = WAKE.load(Acquire);
+        // Requests first: the cycle starts after every request counted here.
+        let req = REQUESTS.load(Acquire);
+        if req != SERVED.load(Relaxed) {
+            let ok = collect_here();
+            SERVED_OK.store(ok, Relaxed);
+            SERVED.store(req, Release);
+            futex::wake(&SERVED, i32::MAX);
+            continue;
+        }
         if (heap::in_use_bytes() as u64) < NEXT_GC.load(Relaxed) {
             futex::wait(&WAKE, w, None);
             continue;
         }
-        if !collect_now() {
+        if !collect_here() {
             // Abandoned (a thread did not stop): back off before trying again.
             // SAFETY: plain sleep.
             unsafe { libc::usleep(100_000) };
@@ -516,13 +549,32 @@ fn sweep_all() {
     });
 }
 
-/// Runs a whole cycle now, in the calling thread. Returns false if the
-/// collector is off or the cycle was abandoned (a thread did not stop).
-#[inline(never)]
+/// Runs a whole cycle now and waits for it: on the collector thread (see
+/// `REQUESTS`), or in the calling thread if that cannot be started. Returns
+/// false if the collector is off or the cycle was abandoned (a thread did
+/// not stop).
 pub fn collect_now() -> bool {
     if mode() == Mode::Off || !crate::alloc::is_ready() {
         return false;
     }
+    if IS_COLLECTOR.with(|c| c.get()) || !ensure_collector() {
+        return collect_here();
+    }
+    let ticket = REQUESTS.fetch_add(1, AcqRel).wrapping_add(1);
+    WAKE.fetch_add(1, Release);
+    futex::wake(&WAKE, 1);
+    loop {
+        let s = SERVED.load(Acquire);
+        if s.wrapping_sub(ticket) as i32 >= 0 {
+            return SERVED_OK.load(Relaxed);
+        }
+        futex::wait(&SERVED, s, None);
+    }
+}
+
+/// Runs a whole cycle in the calling thread.
+#[inline(never)]
+fn collect_here() -> bool {
     // This thread's stack is scanned from here up: its registers spilled into
     // this small frame, and its callers' frames. The cycle's own (large) frames
     // lie below and are not scanned, so stale words left there by the
@@ -559,6 +611,8 @@ pub unsafe fn unlock_after_fork(child: bool) {
         return;
     }
     THREAD.store(0, Relaxed);
+    // Requests the parent's collector had not served are not the child's.
+    SERVED.store(REQUESTS.load(Relaxed), Relaxed);
     // The parent's collector may have held the cycle lock mid-cycle.
     if CYCLE.is_locked() {
         // SAFETY: its holder does not exist in the child.
