@@ -580,6 +580,34 @@ fn locked_fallback() {
     );
 }
 
+/// Every scenario again with the collector collecting (concurrent marking
+/// where it works) every few thousand allocations: none of the program's
+/// memory is reachable only in ways the collector cannot see, so nothing may
+/// be lost while threads allocate, free and move pointers around.
+fn under_gc_stress() {
+    let t = Instant::now();
+    let out = common::reexec(
+        &[
+            ("MAGPIE_GC", "collect"),
+            ("MAGPIE_GC_STRESS", "20000"),
+            ("MAGPIE_STRESS_GC_CHILD", "1"),
+        ],
+        &[],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for l in stdout.lines() {
+        eprintln!("    | {l}");
+    }
+    assert!(
+        out.status.success() && stdout.contains("test result: ok."),
+        "MAGPIE_GC_STRESS run failed ({:?}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("gc cycles: "), "{stdout}");
+    eprintln!("    GC stress run took {:.1}s", t.elapsed().as_secs_f64());
+}
+
 // ---------------------------------------------------------------------------
 
 type Scenario = (&'static str, fn());
@@ -593,11 +621,13 @@ const SCENARIOS: &[Scenario] = &[
     ("thread_churn", thread_churn),
     ("collections_under_load", collections_under_load),
     ("locked_fallback", locked_fallback),
+    ("under_gc_stress", under_gc_stress),
 ];
 
 fn main() {
     let start = Instant::now();
     let child = std::env::var_os("MAGPIE_STRESS_CHILD").is_some();
+    let gc_child = std::env::var_os("MAGPIE_STRESS_GC_CHILD").is_some();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
         for (name, _) in SCENARIOS {
@@ -613,7 +643,9 @@ fn main() {
     let selected: Vec<&Scenario> = SCENARIOS
         .iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
-        .filter(|(name, _)| !(child && *name == "locked_fallback"))
+        .filter(|(name, _)| {
+            !((child || gc_child) && (*name == "locked_fallback" || *name == "under_gc_stress"))
+        })
         .collect();
     let selected: Vec<&Scenario> = (0..repeat).flat_map(|_| selected.iter().copied()).collect();
 
@@ -671,6 +703,17 @@ fn main() {
         );
     }
     let s = magpie::stats();
+    if gc_child {
+        println!(
+            "gc cycles: {} ({} concurrent)",
+            s.gc.cycles, s.gc.last_cycle_concurrent
+        );
+        assert!(
+            s.gc.cycles > 10,
+            "GC stress ran only {} cycles",
+            s.gc.cycles
+        );
+    }
     eprintln!(
         "    stats: {} allocations, {} frees, RSS {} MiB, heap committed {} MiB, cache mode {}",
         s.allocations,

@@ -12,8 +12,9 @@
 //! ```
 //! 1. Sweep termination: finish sweeping the previous cycle, with the world running.
 //! 2. Stop the world (`stop`): every thread parks in a signal handler, or on
-//!    its way out of the allocator. Phase = Mark. (Marking is done with the
-//!    world stopped for now; concurrent marking will run in this same phase.)
+//!    its way out of the allocator. Phase = Mark. With a dirty-page source
+//!    (`dirty`), the world restarts here and marking runs concurrently; see
+//!    `cycle` for that variant and its invariants.
 //! 3. Roots (`roots`): every writable private mapping except magpie's own,
 //!    stacks from each thread's stack pointer up (registers included);
 //!    conservative marking of the heap (`mark`).
