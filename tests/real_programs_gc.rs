@@ -202,3 +202,104 @@ fn lua_tables_collected() {
         LUA_MIN,
     );
 }
+
+/// Runs `make()` on glibc's malloc and under magpie's leakcheck (report to a
+/// file, so the program's own stderr can be compared): identical status,
+/// stdout and stderr; the report exists and ends with its totals line.
+fn compare_leakcheck(
+    what: &str,
+    dir: &std::path::Path,
+    make: impl Fn() -> Command,
+    input: Option<&[u8]>,
+) {
+    let g = run(&mut make(), input, LIMIT);
+    let report = dir.join("leaks.%p.txt");
+    for f in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if f.file_name().to_string_lossy().starts_with("leaks.") {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+    let mut mc = make();
+    preload(&mut mc)
+        .env("MAGPIE_GC", "leakcheck")
+        .env("MAGPIE_LEAK_REPORT", &report);
+    let m = run(&mut mc, input, LIMIT);
+    assert_preloaded(what, &m);
+    let merr = String::from_utf8_lossy(&m.stderr).into_owned();
+    assert!(
+        g.status == m.status,
+        "{what}: glibc {}, leakcheck {}\n{}",
+        describe(&g.status),
+        describe(&m.status),
+        tail(&merr, 3000)
+    );
+    let (gs, ms) = (
+        String::from_utf8_lossy(&g.stdout),
+        String::from_utf8_lossy(&m.stdout),
+    );
+    assert!(
+        g.stdout == m.stdout,
+        "{what}: stdout differs: {}",
+        first_difference(&gs, &ms)
+    );
+    let ge = String::from_utf8_lossy(&g.stderr);
+    assert!(
+        ge == merr,
+        "{what}: stderr differs: {}",
+        first_difference(&ge, &merr)
+    );
+    let reports: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|f| f.file_name().to_string_lossy().starts_with("leaks."))
+        .map(|f| std::fs::read_to_string(f.path()).unwrap())
+        .collect();
+    assert!(!reports.is_empty(), "{what}: no leak report written");
+    for r in &reports {
+        let total = r.lines().rev().find(|l| l.starts_with("magpie: total: "));
+        assert!(
+            total.is_some(),
+            "{what}: report without a totals line:\n{}",
+            tail(r, 2000)
+        );
+        eprintln!("{what}: {}", total.unwrap());
+    }
+}
+
+#[test]
+fn leakcheck_sqlite3_lua_perl_python_run_unchanged() {
+    if let Some(sq) = tool_or_skip("sqlite3") {
+        let dir = scratch("leak_sqlite3");
+        let sql = std::fs::read(program("queries.sql")).unwrap();
+        compare_leakcheck(
+            "sqlite3 :memory:",
+            &dir,
+            || sqlite_workload(&sq, &dir),
+            Some(&sql),
+        );
+    }
+    if let Some(lua) = tool_or_skip("lua5.4") {
+        let dir = scratch("leak_lua");
+        compare_leakcheck("lua5.4 tables.lua", &dir, || lua_workload(&lua, &dir), None);
+    }
+    if let Some(perl) = tool_or_skip("perl") {
+        let dir = scratch("leak_perl");
+        compare_leakcheck("perl hashes.pl", &dir, || perl_workload(&perl, &dir), None);
+    }
+    if let Some(py) = tool_or_skip("python3") {
+        let dir = scratch("leak_python");
+        let script = program("objects.py");
+        compare_leakcheck(
+            "python3 objects.py",
+            &dir,
+            || {
+                let mut c = clean(&py, &dir);
+                c.env("PYTHONHASHSEED", "0")
+                    .env("PYTHONDONTWRITEBYTECODE", "1")
+                    .arg(&script);
+                c
+            },
+            None,
+        );
+    }
+}
