@@ -99,6 +99,22 @@ fn control_unreferenced_objects_are_reclaimed() {
     run_scenario("control", &[]);
 }
 
+/// The first pacer trigger starts the collector thread from an allocation
+/// slow path; pthread_create's own allocation must not wait for it.
+#[test]
+fn pacer_starts_the_collector_thread_from_a_slow_path() {
+    let prog = build("pacer_start", &["pacer_start.c"], &[]);
+    let mut c = Command::new(&prog);
+    c.env("MAGPIE_GC", "collect");
+    let o = run(preload(&mut c), None, Duration::from_secs(30));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("OK pacer_start"),
+        "{}\n{}",
+        describe(&o.status),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 #[test]
 fn leak_gigabytes_rss_bounded_by_pacer() {
     let out = run_scenario("leak", &[]);

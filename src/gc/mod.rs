@@ -232,11 +232,18 @@ static SERVED_OK: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
     static IS_COLLECTOR: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    /// This thread is creating the collector thread (pthread_create
+    /// allocates, and that allocation may come back here).
+    static STARTING: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
 /// Starts the collector thread if there is none. True once it runs.
 fn ensure_collector() -> bool {
+    if STARTING.with(|s| s.get()) {
+        return false;
+    }
     if THREAD.load(Acquire) == 0 && THREAD.compare_exchange(0, 1, AcqRel, Relaxed).is_ok() {
+        STARTING.with(|s| s.set(true));
         // SAFETY: creates a detached thread running collector_main; pthread_create
         // may allocate (we hold no allocator lock here).
         unsafe {
@@ -246,6 +253,7 @@ fn ensure_collector() -> bool {
             libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
             let r = libc::pthread_create(&mut t, &attr, collector_main, core::ptr::null_mut());
             libc::pthread_attr_destroy(&mut attr);
+            STARTING.with(|s| s.set(false));
             if r != 0 {
                 THREAD.store(0, Release);
                 return false;
