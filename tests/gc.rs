@@ -484,15 +484,19 @@ scenario!(fork_while_the_collector_thread_exists, &[], {
     }
 });
 
-scenario!(collector_thread_starts_from_the_locked_path, &[("MAGPIE_RSEQ", "0")], {
-    // With rseq off every allocation takes the path that triggers the pacer;
-    // starting the collector thread allocates (pthread_create's TLS), and
-    // that allocation reaches the pacer again: it must not wait for the
-    // thread it is creating.
-    let keep = node(5, None);
-    for _ in 0..40 {
-        std::mem::forget(vec![1u8; 256 << 10]);
+scenario!(
+    collector_thread_starts_from_the_locked_path,
+    &[("MAGPIE_RSEQ", "0")],
+    {
+        // With rseq off every allocation takes the path that triggers the pacer;
+        // starting the collector thread allocates (pthread_create's TLS), and
+        // that allocation reaches the pacer again: it must not wait for the
+        // thread it is creating.
+        let keep = node(5, None);
+        for _ in 0..40 {
+            std::mem::forget(vec![1u8; 256 << 10]);
+        }
+        churn(3);
+        check(&keep, 5);
     }
-    churn(3);
-    check(&keep, 5);
-});
+);
