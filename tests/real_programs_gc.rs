@@ -65,6 +65,36 @@ fn cycles(stderr: &str) -> (u64, u64) {
     (nums[0], nums[1])
 }
 
+/// Asserts that magpie's run `m` (its stderr, less magpie's own lines, is
+/// `merr`) matches glibc's run `g`: status, stdout and stderr.
+fn assert_same_run(what: &str, g: &Output, m: &Output, merr: &str) {
+    let raw = String::from_utf8_lossy(&m.stderr);
+    assert!(
+        g.status == m.status,
+        "{what}: glibc run: {}, magpie run: {}\nmagpie stderr:\n{}",
+        describe(&g.status),
+        describe(&m.status),
+        tail(&raw, 3000)
+    );
+    let (gs, ms) = (
+        String::from_utf8_lossy(&g.stdout),
+        String::from_utf8_lossy(&m.stdout),
+    );
+    assert!(
+        g.stdout == m.stdout,
+        "{what}: stdout differs: {}\nmagpie stderr:\n{}",
+        first_difference(&gs, &ms),
+        tail(&raw, 3000)
+    );
+    let ge = String::from_utf8_lossy(&g.stderr);
+    assert!(
+        ge == merr,
+        "{what}: stderr differs: {}\nmagpie stderr:\n{}",
+        first_difference(&ge, merr),
+        tail(&raw, 3000)
+    );
+}
+
 /// Runs `make()` on glibc's malloc and under magpie with the collector on and
 /// a cycle every `stress` allocations; asserts identical status, stdout and
 /// stderr, and at least `min_cycles` completed cycles.
@@ -100,30 +130,7 @@ fn compare_gc(
         (t1 - t0).as_secs_f64(),
         (t2 - t1).as_secs_f64(),
     );
-    assert!(
-        g.status == m.status,
-        "{what}: glibc run: {}, magpie run: {}\nmagpie stderr:\n{}",
-        describe(&g.status),
-        describe(&m.status),
-        tail(&merr, 3000)
-    );
-    let (gs, ms) = (
-        String::from_utf8_lossy(&g.stdout),
-        String::from_utf8_lossy(&m.stdout),
-    );
-    assert!(
-        g.stdout == m.stdout,
-        "{what}: stdout differs: {}\nmagpie stderr:\n{}",
-        first_difference(&gs, &ms),
-        tail(&merr, 3000)
-    );
-    let (ge, me) = (String::from_utf8_lossy(&g.stderr), without_stats(&merr));
-    assert!(
-        ge == me,
-        "{what}: stderr differs: {}\nmagpie stderr:\n{}",
-        first_difference(&ge, &me),
-        tail(&merr, 3000)
-    );
+    assert_same_run(what, &g, &m, &without_stats(&merr));
     let (done, abandoned) = cycles(&merr);
     assert!(
         done >= min_cycles,
@@ -225,29 +232,7 @@ fn compare_leakcheck(
         .env("MAGPIE_LEAK_REPORT", &report);
     let m = run(&mut mc, input, LIMIT);
     assert_preloaded(what, &m);
-    let merr = String::from_utf8_lossy(&m.stderr).into_owned();
-    assert!(
-        g.status == m.status,
-        "{what}: glibc {}, leakcheck {}\n{}",
-        describe(&g.status),
-        describe(&m.status),
-        tail(&merr, 3000)
-    );
-    let (gs, ms) = (
-        String::from_utf8_lossy(&g.stdout),
-        String::from_utf8_lossy(&m.stdout),
-    );
-    assert!(
-        g.stdout == m.stdout,
-        "{what}: stdout differs: {}",
-        first_difference(&gs, &ms)
-    );
-    let ge = String::from_utf8_lossy(&g.stderr);
-    assert!(
-        ge == merr,
-        "{what}: stderr differs: {}",
-        first_difference(&ge, &merr)
-    );
+    assert_same_run(what, &g, &m, &String::from_utf8_lossy(&m.stderr));
     let reports: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
