@@ -29,12 +29,7 @@ for v in $VARIANTS; do
     case $v in magpie-conc|magpie-stw|boehm|magpie-off) ;; *) echo "unknown variant $v" >&2; exit 2 ;; esac
 done
 
-need_pkg() { # $1 = check command, $2 = package
-    if ! eval "$1" >/dev/null 2>&1; then
-        echo "installing $2" >&2
-        apt-get install -y "$2" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y "$2" >/dev/null; }
-    fi
-}
+. benches/common.sh
 need_pkg "test -f /usr/include/gc.h" libgc-dev
 need_pkg "test -x /usr/bin/time" time
 

@@ -15,15 +15,11 @@ OUT=$ROOT/target/leakbench
 LIB=$ROOT/target/release/libmagpie.so
 CC=${CC:-gcc}
 
-need() { # $1 = command, $2 = package
-    command -v "$1" >/dev/null 2>&1 && return 0
-    echo "installing $2" >&2
-    apt-get install -y "$2" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y "$2" >/dev/null; }
-}
-need /usr/bin/time time
-[ "$VALGRIND" = 1 ] && need valgrind valgrind
-need sqlite3 sqlite3
-need lua5.4 lua5.4
+. benches/common.sh
+need_pkg "test -x /usr/bin/time" time
+if [ "$VALGRIND" = 1 ]; then need_pkg "command -v valgrind" valgrind; fi
+need_pkg "command -v sqlite3" sqlite3
+need_pkg "command -v lua5.4" lua5.4
 
 cargo build --release >&2
 rm -rf "$OUT"; mkdir -p "$OUT/runs" "$OUT/home"
