@@ -103,7 +103,7 @@ pub extern "C" fn magpie_gc_phase() -> i32 {
 /// `magpie_gc_cycles`: collection cycles completed so far.
 #[no_mangle]
 pub extern "C" fn magpie_gc_cycles() -> u64 {
-    super::stats().cycles
+    super::cycles()
 }
 
 /// A pointer to a value on the GC-managed heap: `Copy`, dereferences to the

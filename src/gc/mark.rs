@@ -366,7 +366,7 @@ fn explain_site(addr: usize) {
         return;
     };
     let r = rec.load(Relaxed);
-    if let Some((frames, _)) = crate::leak::stacks::get((r & 0x7fff_ffff) as u32) {
+    if let Some((frames, _)) = crate::leak::stacks::get(crate::leak::stack_id(r)) {
         // Debug output: symbolized on the spot (the symbolizer neither
         // allocates nor takes allocator locks).
         let sym = crate::leak::symbolize::Symbolizer::new(frames);

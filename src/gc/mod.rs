@@ -485,6 +485,11 @@ pub struct GcStats {
     pub dirty_failures: u64,
 }
 
+/// Cycles completed (without computing the rest of [`stats`]).
+pub fn cycles() -> u64 {
+    C.cycles.load(Relaxed)
+}
+
 pub fn stats() -> GcStats {
     let all = ALL_PAUSES.summary();
     GcStats {
@@ -493,7 +498,7 @@ pub fn stats() -> GcStats {
             Mode::LeakCheck => "leakcheck",
             Mode::Collect => "collect",
         },
-        cycles: C.cycles.load(Relaxed),
+        cycles: cycles(),
         abandoned: C.abandoned.load(Relaxed),
         pause_total_ns: all.total_ns,
         pause_max_ns: all.max_ns,

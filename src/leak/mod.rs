@@ -226,14 +226,29 @@ pub fn note_unreachable(rec: &AtomicU64, slot_bytes: usize) -> usize {
         return 0;
     }
     let bytes = leak_bytes(old, slot_bytes);
-    let id = (old & ID_MASK) as u32;
-    if let Some((_, e)) = stacks::get(if id == 0 { stacks::NO_STACK } else { id }) {
+    if let Some(e) = site_entry(old) {
         e.leaked_objects.fetch_add(1, Relaxed);
         e.leaked_bytes.fetch_add(bytes as u64, Relaxed);
     }
     LEAKED_OBJECTS.fetch_add(1, Relaxed);
     LEAKED_BYTES.fetch_add(bytes as u64, Relaxed);
     bytes
+}
+
+/// The stack id in a site record (0: not recorded).
+#[inline]
+pub fn stack_id(rec: u64) -> u32 {
+    (rec & ID_MASK) as u32
+}
+
+/// The table entry whose leak counters a record's leaks go to: its stack's,
+/// or the empty stack's when the object was never recorded.
+fn site_entry(rec: u64) -> Option<&'static stacks::Entry> {
+    let id = match stack_id(rec) {
+        0 => stacks::NO_STACK,
+        id => id,
+    };
+    stacks::get(id).map(|(_, e)| e)
 }
 
 /// The size a record stands for: the size asked, or the slot's when the
@@ -270,8 +285,7 @@ pub fn on_free(s: &span::Span, i: usize) {
         s.elemsize as usize
     };
     let bytes = leak_bytes(old, slot) as u64;
-    let id = (old & ID_MASK) as u32;
-    if let Some((_, e)) = stacks::get(if id == 0 { stacks::NO_STACK } else { id }) {
+    if let Some(e) = site_entry(old) {
         e.leaked_objects.fetch_sub(1, Relaxed);
         e.leaked_bytes.fetch_sub(bytes, Relaxed);
     }
