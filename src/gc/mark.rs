@@ -279,17 +279,41 @@ impl Marker {
     /// overflow by rescanning marked objects.
     pub fn drain(&mut self) {
         loop {
-            while self.len > 0 {
-                self.len -= 1;
-                // SAFETY: len < cap; the entry was pushed.
-                let (lo, len) = unsafe { *self.stack.add(self.len) };
-                self.scan_range(lo, lo + len);
-            }
+            self.drain_prefetching();
             if !self.overflowed {
                 return;
             }
             self.overflowed = false;
             self.rescan_marked();
+        }
+    }
+
+    /// Empties the mark stack through a small FIFO: an object popped from
+    /// the stack has its first cache line prefetched and is scanned only
+    /// after the PREFETCH_DEPTH - 1 objects popped before it, so its miss
+    /// overlaps their scanning (buffered prefetching, as in Cher, Hosking
+    /// and Vijaykumar, ASPLOS 2004; Boehm GC prefetches on push for the same
+    /// reason). The order stays nearly depth-first.
+    fn drain_prefetching(&mut self) {
+        const PREFETCH_DEPTH: usize = 8;
+        let mut fifo = [(0usize, 0usize); PREFETCH_DEPTH];
+        let (mut head, mut count) = (0usize, 0usize);
+        loop {
+            while count < PREFETCH_DEPTH && self.len > 0 {
+                self.len -= 1;
+                // SAFETY: len < cap; the entry was pushed.
+                let e = unsafe { *self.stack.add(self.len) };
+                prefetch(e.0);
+                fifo[(head + count) % PREFETCH_DEPTH] = e;
+                count += 1;
+            }
+            if count == 0 {
+                return;
+            }
+            let (lo, len) = fifo[head];
+            head = (head + 1) % PREFETCH_DEPTH;
+            count -= 1;
+            self.scan_range(lo, lo + len);
         }
     }
 
@@ -332,6 +356,15 @@ impl Marker {
             }
         }
     }
+}
+
+/// Hints the CPU to load the cache line holding `addr` (never faults).
+#[inline(always)]
+fn prefetch(addr: usize) {
+    // SAFETY: prefetch is a hint; it does not fault on any address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+    };
 }
 
 /// The object containing `addr`, as [start, end); (0, 0) if none.
