@@ -151,6 +151,36 @@ fn sites_are_exact_and_sorted_and_symbolized() {
     );
 }
 
+/// The same malloc call (same return address and stack pointer) reached from
+/// two callers, alternately: two sites, each with its own caller and exact
+/// counts. Catches a reused stack that was not checked against the caller's
+/// return address.
+#[test]
+fn same_call_from_two_callers_gives_two_sites() {
+    let o = run_leaks("callers", &[]);
+    let err = text(&o).1;
+    let r = one_report(&o);
+    assert_eq!(r.sites.len(), 2, "sites:\n{err}");
+    assert_eq!(r.totals, (800, 20), "{err}");
+    for (caller, bytes) in [("via_b", 480), ("via_a", 320)] {
+        let s = r
+            .sites
+            .iter()
+            .find(|s| {
+                s.frames
+                    .get(1)
+                    .is_some_and(|f| f.contains(&format!(" in {caller}+")))
+            })
+            .unwrap_or_else(|| panic!("no site under {caller}:\n{err}"));
+        assert!(s.frames[0].contains(" in leak_leaf+"), "{err}");
+        assert_eq!(
+            (s.bytes, s.objects),
+            (bytes, 10),
+            "site under {caller}:\n{err}"
+        );
+    }
+}
+
 #[test]
 fn reachable_freed_and_libc_memory_is_not_reported() {
     let o = run_leaks("none", &[]);

@@ -36,7 +36,7 @@ pub mod stacks;
 pub mod symbolize;
 pub mod unwind;
 
-use core::cell::Cell;
+use core::cell::{Cell, UnsafeCell};
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 use crate::alloc::{heap, sizeclass::PAGE_SIZE, span};
@@ -133,14 +133,63 @@ pub unsafe extern "C" fn magpie_leak_record(
     if p.is_null() || !tracking() {
         return;
     }
-    with_frame_buffer(depth(), |frames| {
-        let n = if frames.is_empty() {
-            0
-        } else {
-            unwind::backtrace_from(unwind::Regs { ip, sp, bp }, frames)
-        };
-        record(p, size, intern_cached(&frames[..n]));
+    let regs = unwind::Regs { ip, sp, bp };
+    let id = LAST_WALK.with(|m| {
+        if m.busy.replace(true) {
+            // Re-entered (a signal handler allocating while this thread
+            // records): walk without the memo.
+            return with_frame_buffer(depth(), |frames| {
+                let n = unwind::backtrace_from(regs, frames);
+                stacks::intern(&frames[..n])
+            });
+        }
+        // SAFETY: `busy` makes this the only reference to the memo.
+        let w = unsafe { &mut *m.walk.get() };
+        let d = depth();
+        if !(w.reads.same_start(w.regs, regs) && w.depth == d && w.reads.unchanged()) {
+            w.id = with_frame_buffer(d, |frames| {
+                let n = unwind::backtrace_from_noting(regs, frames, &mut w.reads);
+                intern_cached(&frames[..n])
+            });
+            w.regs = regs;
+            w.depth = d;
+        }
+        m.busy.set(false);
+        w.id
     });
+    record(p, size, id);
+}
+
+/// This thread's last walk from the preload shim, and the stack id it gave:
+/// when the next allocation comes from the same registers and the stack words
+/// that walk read are unchanged (`StackReads`), the id is reused without
+/// walking. An allocation loop pays a few loads and compares per frame.
+struct LastWalk {
+    busy: Cell<bool>,
+    walk: UnsafeCell<Walk>,
+}
+
+struct Walk {
+    regs: unwind::Regs,
+    depth: usize,
+    reads: unwind::StackReads,
+    id: u32,
+}
+
+thread_local! {
+    // Const-initialised, no destructor: touching it never allocates. The
+    // zero registers never match a real call (ip 0 is never walked).
+    static LAST_WALK: LastWalk = const {
+        LastWalk {
+            busy: Cell::new(false),
+            walk: UnsafeCell::new(Walk {
+                regs: unwind::Regs { ip: 0, sp: 0, bp: 0 },
+                depth: 0,
+                reads: unwind::StackReads::new(),
+                id: 0,
+            }),
+        }
+    };
 }
 
 /// The last stack this thread interned, and its id: allocation loops repeat
@@ -185,13 +234,13 @@ fn intern_cached(frames: &[usize]) -> u32 {
 /// Runs `f` with a zeroed buffer of `n` frames (n ≤ MAX_DEPTH): a small one
 /// for the usual depths, so that each allocation does not clear 512 bytes.
 #[inline(always)]
-fn with_frame_buffer(n: usize, f: impl FnOnce(&mut [usize])) {
+fn with_frame_buffer<R>(n: usize, f: impl FnOnce(&mut [usize]) -> R) -> R {
     if n <= 16 {
         let mut small = [0usize; 16];
-        f(&mut small[..n]);
+        f(&mut small[..n])
     } else {
         let mut big = [0usize; stacks::MAX_DEPTH];
-        f(&mut big[..n.min(stacks::MAX_DEPTH)]);
+        f(&mut big[..n.min(stacks::MAX_DEPTH)])
     }
 }
 

@@ -150,7 +150,7 @@
 
 use core::ffi::{c_int, c_void};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// Registers at a call site: `ip` is a RETURN ADDRESS (the rule is looked up
 /// for `ip - 1`), `sp` the stack pointer just after that return (the caller's
@@ -170,8 +170,94 @@ pub fn backtrace_from(start: Regs, out: &mut [usize]) -> usize {
         return 0;
     }
     out[0] = start.ip;
-    1 + walk(start, &mut out[1..])
+    1 + walk(start, &mut out[1..], None)
 }
+
+/// The stack words one walk read, in order, with their values. A walk is a
+/// function of its start registers, the rules (immutable CFI, until
+/// [`clear_cache`]) and these words: if a later walk starts from the same
+/// registers, with the same rule generation, and each word still holds its
+/// value, it would yield the same frames. Checking that costs one load and
+/// compare per word, where walking costs a rule lookup per frame; allocation
+/// loops repeat the same stack, so leakcheck memoizes walks this way.
+pub struct StackReads {
+    words: [(usize, usize); MAX_READS],
+    len: usize,
+    /// False when the walk read more words than fit (nothing to check against).
+    complete: bool,
+    generation: u32,
+    /// Whether the start rbp reached a rule that used it (a CFA on rbp);
+    /// if not, the walk did not depend on it. Code built without frame
+    /// pointers keeps any value in rbp, which changes from call to call.
+    start_bp_used: bool,
+}
+
+/// Words a memoizable walk may read: a return address and a saved rbp per frame.
+const MAX_READS: usize = 32;
+
+impl StackReads {
+    pub const fn new() -> StackReads {
+        StackReads {
+            words: [(0, 0); MAX_READS],
+            len: 0,
+            complete: false,
+            generation: 0,
+            start_bp_used: false,
+        }
+    }
+
+    /// True if a walk from `now` would start as the walk from `then` that
+    /// filled this did (with `unchanged`: would give the same frames).
+    #[inline]
+    pub fn same_start(&self, then: Regs, now: Regs) -> bool {
+        then.ip == now.ip && then.sp == now.sp && (!self.start_bp_used || then.bp == now.bp)
+    }
+
+    #[inline(always)]
+    fn note(&mut self, addr: usize, value: usize) {
+        if self.len < MAX_READS {
+            self.words[self.len] = (addr, value);
+            self.len += 1;
+        } else {
+            self.complete = false;
+        }
+    }
+
+    /// True if a walk from the registers of the walk that filled this would
+    /// give the same frames now.
+    ///
+    /// The words are read in the walk's order and the check stops at the
+    /// first changed one, so it reads exactly a prefix of what a fresh walk
+    /// from the same registers would read: the same memory, as safe to read
+    /// (see `walk`).
+    #[inline]
+    pub fn unchanged(&self) -> bool {
+        if !self.complete || self.generation != GENERATION.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.words[..self.len].iter().all(|&(addr, value)| {
+            // SAFETY: as the doc says: every earlier word matched, so a fresh
+            // walk would read this address next.
+            unsafe { ptr::read(addr as *const usize) == value }
+        })
+    }
+}
+
+/// [`backtrace_from`], noting in `reads` the stack words the walk read.
+pub fn backtrace_from_noting(start: Regs, out: &mut [usize], reads: &mut StackReads) -> usize {
+    reads.len = 0;
+    reads.complete = true;
+    reads.start_bp_used = false;
+    reads.generation = GENERATION.load(Ordering::Relaxed);
+    if out.is_empty() || start.ip == 0 {
+        return 0;
+    }
+    out[0] = start.ip;
+    1 + walk(start, &mut out[1..], Some(reads))
+}
+
+/// Bumped by [`clear_cache`]: memoized walks (`StackReads`) taken before are stale.
+static GENERATION: AtomicU32 = AtomicU32::new(0);
 
 /// Fills `out` starting with the return address of `backtrace_here` itself
 /// (an address inside its direct caller), then outward. Returns how many were
@@ -197,7 +283,7 @@ pub fn backtrace_here(out: &mut [usize]) -> usize {
             options(nomem, nostack, preserves_flags),
         );
     }
-    walk(Regs { ip, sp, bp }, out)
+    walk(Regs { ip, sp, bp }, out, None)
 }
 
 /// Maps the rule cache now rather than on the first walk. Returns false if
@@ -213,6 +299,7 @@ pub fn init() -> bool {
 /// apart from taking the slow path; a miss being resolved concurrently may
 /// still store its (old) result afterwards.
 pub fn clear_cache() {
+    GENERATION.fetch_add(1, Ordering::Relaxed);
     let c = CACHE.load(Ordering::Acquire);
     if c.is_null() {
         return;
@@ -247,14 +334,23 @@ struct Rule {
 
 /// Unwinds outward from the frame `r` describes, writing the return address
 /// of each frame (starting with `r`'s own caller) to `out`. Returns the count.
+/// With `reads`, every stack word read is noted there.
 #[inline(always)]
-fn walk(mut r: Regs, out: &mut [usize]) -> usize {
+fn walk(mut r: Regs, out: &mut [usize], mut reads: Option<&mut StackReads>) -> usize {
     let cache = cache();
     let mut n = 0;
+    // r.bp is still the start's rbp (only BP_SAME rules so far).
+    let mut bp_is_start = true;
     while n < out.len() {
         let Some(rule) = lookup(cache, r.ip) else {
             break;
         };
+        if rule.cfa_on_bp && bp_is_start {
+            if let Some(reads) = reads.as_deref_mut() {
+                reads.start_bp_used = true;
+            }
+        }
+        bp_is_start &= rule.bp == BP_SAME;
         let base = if rule.cfa_on_bp { r.bp } else { r.sp };
         let cfa = base.wrapping_add_signed(rule.cfa_off);
         let d = cfa.wrapping_sub(r.sp);
@@ -266,6 +362,9 @@ fn walk(mut r: Regs, out: &mut [usize]) -> usize {
         // `lookup`) and `cfa - 8` lies in [sp, cfa), the stack between this
         // frame's sp and its caller's: mapped for a real stack (module docs).
         let ra = unsafe { ptr::read((cfa - 8) as *const usize) };
+        if let Some(reads) = reads.as_deref_mut() {
+            reads.note(cfa - 8, ra);
+        }
         let bp = if rule.bp == BP_SAME {
             r.bp
         } else if rule.bp == BP_UNDEF {
@@ -277,7 +376,11 @@ fn walk(mut r: Regs, out: &mut [usize]) -> usize {
             }
             // SAFETY: as above: 8 ≤ off ≤ d, so the slot is inside [sp, cfa)
             // and 8-aligned.
-            unsafe { ptr::read((cfa - off) as *const usize) }
+            let bp = unsafe { ptr::read((cfa - off) as *const usize) };
+            if let Some(reads) = reads.as_deref_mut() {
+                reads.note(cfa - off, bp);
+            }
+            bp
         };
         if ra == 0 {
             break;

@@ -123,6 +123,26 @@ __attribute__((noinline)) void thread_leaker(void) {
     thread_kept[__atomic_fetch_add(&thread_kept_n, 1, __ATOMIC_RELAXED) & 7] = malloc(8);
 }
 
+/* One allocation call, reached from two callers whose frames have the same
+ * size: both calls of malloc have the same return address and stack pointer,
+ * and only the return address into via_a or via_b (further up the stack)
+ * tells them apart. leakcheck reuses a thread's last stack when nothing it
+ * read changed; this checks that the reuse notices the caller change. */
+__attribute__((noinline)) void leak_leaf(size_t n) {
+    sink = malloc(n);
+    sink = 0;
+}
+
+__attribute__((noinline)) void via_a(size_t n) {
+    leak_leaf(n);
+    __asm__ volatile("" ::: "memory"); /* not a tail call */
+}
+
+__attribute__((noinline)) void via_b(size_t n) {
+    leak_leaf(n);
+    __asm__ volatile("" ::: "memory");
+}
+
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
 static int leaked_threads;
@@ -168,6 +188,11 @@ int main(int argc, char **argv) {
     } else if (!strcmp(s, "threads")) {
         leak_in_threads(4);  /* 2560 B, 40 objects at thread_leaker */
         use_libc();
+    } else if (!strcmp(s, "callers")) {
+        for (int i = 0; i < 10; i++) {
+            via_a(32);       /* 320 B, 10 objects at leak_leaf < via_a */
+            via_b(48);       /* 480 B, 10 objects at leak_leaf < via_b */
+        }
     } else if (!strcmp(s, "twice")) {
         leak_small(10);      /* 1000 B */
         scrub();
