@@ -16,7 +16,7 @@ pub static USE_RSEQ: AtomicBool = AtomicBool::new(true);
 /// `MAGPIE_DECAY_MS`: how long freed pages stay resident before they are returned.
 pub static DECAY_MS: AtomicU64 = AtomicU64::new(1000);
 /// `MAGPIE_RETAIN`: free resident bytes kept at most before returning at once
-/// (the page heap keeps up to the bytes in use when that is more).
+/// (the page heap keeps up to twice the bytes in use when that is more).
 pub static RETAIN: AtomicUsize = AtomicUsize::new(64 << 20);
 /// `MAGPIE_RESERVE`: address space reserved for the heap (tried first, halved on refusal).
 pub static RESERVE: AtomicUsize = AtomicUsize::new(1 << 40);

@@ -5,7 +5,7 @@
 //!
 //! Findings (documented by the output): 64 KiB blocks are large objects (spans
 //! of their own); their frees go straight to the page heap, whose threshold
-//! (MAGPIE_RETAIN, 64 MiB, or the heap in use if larger) makes it release the
+//! (MAGPIE_RETAIN, 64 MiB, or twice the heap in use if larger) makes it release the
 //! excess with MADV_DONTNEED at once, so RSS falls without trim. What stays
 //! resident under the threshold is released by the decay rule (MAGPIE_DECAY_MS,
 //! 1 s), which runs on the next page-heap operation, or by trim().

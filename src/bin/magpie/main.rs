@@ -120,7 +120,7 @@ ENVIRONMENT (read by libmagpie.so and by Rust programs using magpie):
     MAGPIE_DECAY_MS=N      keep freed pages resident N ms before returning them
                            to the OS (default 1000)
     MAGPIE_RETAIN=BYTES    free resident memory kept before returning it at
-                           once, or the heap in use if that is larger
+                           once, or twice the heap in use if that is more
                            (default 64M; suffixes k, M, G)
     MAGPIE_RESERVE=BYTES   address space reserved for the heap, halved until
                            the OS accepts (default 1024G, at least 1G)
