@@ -120,3 +120,52 @@ fn rust_leaks_are_reported_at_their_sites() {
     }
     assert!(err.contains("magpie: total: "), "{err}");
 }
+
+/// In leakcheck a cycle can free only GC-managed memory, so the pacer counts
+/// only managed allocation: 96 MiB of ordinary heap growth runs no cycle
+/// (in collect it would run several), while 1 GiB of managed garbage runs
+/// cycles that keep the resident set bounded.
+#[test]
+fn leakcheck_paces_on_managed_memory_only() {
+    if std::env::var_os("PACING_CHILD").is_some() {
+        let kept: Vec<Vec<u8>> = (0..96).map(|i| vec![i as u8; 1 << 20]).collect();
+        let after_growth = magpie::stats().gc.cycles;
+        for i in 0..(1u64 << 30) / 1024 {
+            let g = magpie::Gc::new([i; 128]);
+            std::hint::black_box(g);
+        }
+        let s = magpie::stats();
+        println!(
+            "cycles after growth {after_growth}, after managed garbage {}, rss {} MiB, kept {}",
+            s.gc.cycles,
+            common::rss_bytes() >> 20,
+            kept.len()
+        );
+        std::process::exit(0);
+    }
+    let o = common::reexec(
+        &[("PACING_CHILD", "1"), ("MAGPIE_GC", "leakcheck")],
+        &[
+            "--exact",
+            "leakcheck_paces_on_managed_memory_only",
+            "--nocapture",
+            "--test-threads=1",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}\n{out}\n{err}", o.status);
+    let line = out
+        .lines()
+        .find_map(|l| l.find("cycles after growth").map(|i| &l[i..]))
+        .unwrap_or_else(|| panic!("no result line:\n{out}\n{err}"));
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let (growth, managed, rss) = (n[0], n[1], n[2]);
+    assert_eq!(growth, 0, "ordinary heap growth ran cycles: {line}");
+    assert!(managed >= 5, "managed garbage ran too few cycles: {line}");
+    assert!(rss < 400, "managed garbage not reclaimed: {line}");
+}

@@ -62,6 +62,7 @@ pub fn gc_alloc(size: usize, align: usize, atomic: bool) -> *mut u8 {
             unsafe { ptr::write_bytes(p, 0, size) };
         }
         mark_managed(p);
+        super::note_managed_alloc(size);
     }
     p
 }
@@ -69,6 +70,9 @@ pub fn gc_alloc(size: usize, align: usize, atomic: bool) -> *mut u8 {
 fn managed_large(size: usize, align: usize, atomic: bool) -> *mut u8 {
     let p = engine::alloc_large(size, align, atomic, !atomic);
     mark_managed(p);
+    if !p.is_null() {
+        super::note_managed_alloc(size);
+    }
     p
 }
 

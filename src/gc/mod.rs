@@ -34,6 +34,8 @@
 //! Pacing: a cycle starts when the bytes in in-use spans exceed the live heap
 //! the last cycle found by `MAGPIE_GOGC` percent (default 100), and at least
 //! 4 MiB: net growth, so a program that frees what it allocates rarely pays.
+//! In `leakcheck`, where a cycle can free only GC-managed memory, only the
+//! managed bytes allocated since the last cycle count (`note_managed_alloc`).
 //! `MAGPIE_GC_STRESS=N` runs a cycle every N allocations (torture tests; it
 //! routes every allocation through the slow path to count them).
 
@@ -210,7 +212,37 @@ pub fn after_slow_alloc(p: *mut u8) {
         }
         return;
     }
-    if heap::in_use_bytes() as u64 >= NEXT_GC.load(Relaxed) {
+    if cycle_due() {
+        wake_collector();
+    }
+}
+
+/// True when the pacer wants a cycle: the heap in use reached the goal, or
+/// in leakcheck (where a cycle frees only GC-managed memory, so growth of
+/// the rest is no reason to run one) enough managed bytes were allocated.
+fn cycle_due() -> bool {
+    if MODE.load(Relaxed) == Mode::LeakCheck as u8 {
+        MANAGED_SINCE_GC.load(Relaxed) >= MANAGED_ALLOWANCE.load(Relaxed)
+    } else {
+        heap::in_use_bytes() as u64 >= NEXT_GC.load(Relaxed)
+    }
+}
+
+/// GC-managed bytes allocated since the last cycle, and how many make one
+/// worth running in leakcheck: there a cycle can reclaim nothing else (leaks
+/// stay allocated, reported at exit or on demand, as LeakSanitizer and
+/// valgrind do), so it is paced on managed allocation alone — and a program
+/// that never calls the managed API runs no cycle until it asks for a report.
+static MANAGED_SINCE_GC: AtomicU64 = AtomicU64::new(0);
+static MANAGED_ALLOWANCE: AtomicU64 = AtomicU64::new(MIN_HEAP);
+
+/// Counts a GC-managed allocation of `size` bytes for the leakcheck pacer.
+pub(crate) fn note_managed_alloc(size: usize) {
+    if MODE.load(Relaxed) != Mode::LeakCheck as u8 || STRESS.load(Relaxed) > 0 {
+        return;
+    }
+    MANAGED_SINCE_GC.fetch_add(size as u64, Relaxed);
+    if cycle_due() {
         wake_collector();
     }
 }
@@ -287,7 +319,7 @@ extern "C" fn collector_main(_: *mut libc::c_void) -> *mut libc::c_void {
             futex::wake(&SERVED, i32::MAX);
             continue;
         }
-        if (heap::in_use_bytes() as u64) < NEXT_GC.load(Relaxed) {
+        if !cycle_due() {
             futex::wait(&WAKE, w, None);
             continue;
         }
@@ -384,6 +416,8 @@ pub(crate) static MARK_TERM_PAUSES: PauseLog = PauseLog::new();
 fn set_next_goal(marked: u64, after: u64) {
     let goal = marked.max(1) * (100 + GOGC.load(Relaxed)) / 100;
     NEXT_GC.store(goal.max(MIN_HEAP).max(after + after / 4), Relaxed);
+    MANAGED_SINCE_GC.store(0, Relaxed);
+    MANAGED_ALLOWANCE.store((goal - marked.max(1)).max(MIN_HEAP), Relaxed);
 }
 
 #[derive(Default)]
