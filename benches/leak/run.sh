@@ -4,7 +4,8 @@
 # and valgrind --leak-check=full. Medians of N runs, interleaved; ratios to
 # glibc and valgrind-to-leakcheck. Also checks that leakcheck and valgrind
 # find the leaks leaky_server says it made.
-# Usage: bash benches/leak/run.sh     (env: N=3 REQUESTS=400000 VALGRIND=1)
+# Usage: bash benches/leak/run.sh     (env: N=3 REQUESTS=400000 VALGRIND=1;
+#        TABLE_ONLY=1 prints the table again from the last runs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -21,11 +22,14 @@ if [ "$VALGRIND" = 1 ]; then need_pkg "command -v valgrind" valgrind; fi
 need_pkg "command -v sqlite3" sqlite3
 need_pkg "command -v lua5.4" lua5.4
 
-cargo build --release >&2
-rm -rf "$OUT"; mkdir -p "$OUT/runs" "$OUT/home"
-# A private copy: rebuilding the tree while this runs must not change what is measured.
-cp "$LIB" "$OUT/libmagpie.so"; LIB=$OUT/libmagpie.so
-$CC -O2 -g -o "$OUT/leaky_server" benches/leak/leaky_server.c
+TABLE_ONLY=${TABLE_ONLY:-0}
+if [ "$TABLE_ONLY" != 1 ]; then
+    cargo build --release >&2
+    rm -rf "$OUT"; mkdir -p "$OUT/runs" "$OUT/home"
+    # A private copy: rebuilding the tree while this runs must not change what is measured.
+    cp "$LIB" "$OUT/libmagpie.so"; LIB=$OUT/libmagpie.so
+    $CC -O2 -g -o "$OUT/leaky_server" benches/leak/leaky_server.c
+fi
 
 PROGS="leaky_server sqlite lua"
 VARIANTS="glibc magpie-off leakcheck"
@@ -54,7 +58,7 @@ run_one() { # prog variant i
         echo "FAILURE: $p ($v) run $3; stderr:" >&2; tail -20 "$base.err" >&2; exit 1; }
 }
 
-for i in $(seq 1 "$N"); do
+[ "$TABLE_ONLY" = 1 ] || for i in $(seq 1 "$N"); do
     for p in $PROGS; do
         for v in $VARIANTS; do
             echo "run $p $v $i" >&2
@@ -87,9 +91,9 @@ for p in $PROGS; do
         # Loss records: "N bytes in K blocks are definitely|indirectly lost",
         # or "N (D direct, I indirect) bytes in K blocks ..." (the indirect
         # bytes have records of their own).
-        vf=$(grep -E 'are (definitely|indirectly) lost in loss record' "$OUT"/runs/$p.valgrind.1.err |
+        vf=$( (grep -E 'are (definitely|indirectly) lost in loss record' "$OUT"/runs/$p.valgrind.1.err || true) |
             sed -e 's/^==[0-9]*== //' -e 's/,//g' -e 's/^[0-9]* (\([0-9]*\) direct [0-9]* indirect)/\1/' |
-            awk '{b += $1; o += $4} END {printf "%d bytes in %d objects", b, o}')
+            awk '{b += $1; o += $4} END {printf "%d bytes in %d objects", b, o}' || true)
     fi
     awk -v p="$p" -v g="$g" -v o="$o" -v l="$l" -v v="$v" -v rl="$rl" -v lf="$lf" -v vf="$vf" 'BEGIN {
         lg = sprintf("%.2f", l / g); vl = (v == "-") ? "-" : sprintf("%.1f", v / l);
