@@ -658,6 +658,27 @@ fn malloc_trim_works() {
     assert!(r == 0 || r == 1);
 }
 
+/// magpie_is_allocated: 1 only for the start of a live object. (Freed slots
+/// are checked by tests/gc_preload.rs's control; here other tests, running in
+/// parallel, could reuse a freed slot at once.)
+#[test]
+fn is_allocated_query() {
+    let local = 0u64;
+    assert_eq!(magpie_is_allocated(ptr::null()), 0);
+    assert_eq!(
+        magpie_is_allocated(&local as *const u64 as *const c_void),
+        0
+    );
+    for size in [1usize, 64, 1000, 40_000, 3 * MIB] {
+        let p = magpie_malloc(size);
+        assert!(!p.is_null());
+        assert_eq!(magpie_is_allocated(p), 1, "malloc({size})");
+        let inner = (p as usize + size / 2 + 1) as *const c_void;
+        assert_eq!(magpie_is_allocated(inner), 0, "interior of malloc({size})");
+        unsafe { magpie_free(p) };
+    }
+}
+
 /// The Rust face (GlobalAlloc, called directly — this binary's global
 /// allocator is the system's): impossible layouts give null, a failed realloc
 /// keeps the block.

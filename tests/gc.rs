@@ -65,8 +65,9 @@ fn scenario_name() -> Option<String> {
     std::env::var("GC_SCENARIO").ok()
 }
 
-/// Runs `name` in a child with `env`; the child must exit 0 and print the marker.
-fn run_child(name: &str, env: &[(&str, &str)]) -> String {
+/// Runs `name` in a child with `env`; the child must exit 0 and print the
+/// marker. Returns its stdout and stderr.
+fn run_child(name: &str, env: &[(&str, &str)]) -> (String, String) {
     let mut all = vec![("GC_SCENARIO", name), ("MAGPIE_GC", "collect")];
     all.extend_from_slice(env);
     let (out, killed) = common::reexec_timeout(
@@ -85,11 +86,17 @@ fn run_child(name: &str, env: &[(&str, &str)]) -> String {
         "{name}: child failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
-    stdout
+    (stdout, stderr)
 }
 
+/// `scenario!(name, env, body)` runs `body` in a child process; with a
+/// fourth argument, `|stderr| check`, the parent also checks the child's
+/// stderr.
 macro_rules! scenario {
     ($name:ident, $env:expr, $body:block) => {
+        scenario!($name, $env, $body, |_stderr| {});
+    };
+    ($name:ident, $env:expr, $body:block, |$stderr:ident| $check:block) => {
         #[test]
         fn $name() {
             if scenario_name().as_deref() == Some(stringify!($name)) {
@@ -98,7 +105,8 @@ macro_rules! scenario {
                 println!("SCENARIO OK");
                 return;
             }
-            run_child(stringify!($name), $env);
+            let (_, $stderr) = run_child(stringify!($name), $env);
+            $check
         }
     };
 }
@@ -413,6 +421,114 @@ scenario!(
             .all(|&w| w == 1234));
         DONE.store(true, Ordering::SeqCst);
         t.join().unwrap();
+    }
+);
+
+/// A helper thread that blocks every signal while `BLOCK` is set (and says
+/// so in `BLOCKED`), until `STOP`.
+static BLOCK: AtomicBool = AtomicBool::new(false);
+static BLOCKED: AtomicBool = AtomicBool::new(false);
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn signal_blocker() -> std::thread::JoinHandle<()> {
+    std::thread::spawn(|| {
+        while !STOP.load(Ordering::SeqCst) {
+            if !BLOCK.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            // SAFETY: blocks every signal in this thread, then restores the
+            // old mask.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                let mut old: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+                BLOCKED.store(true, Ordering::SeqCst);
+                while BLOCK.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+                BLOCKED.store(false, Ordering::SeqCst);
+            }
+        }
+    })
+}
+
+fn set_blocked(on: bool) {
+    BLOCK.store(on, Ordering::SeqCst);
+    while BLOCKED.load(Ordering::SeqCst) != on {
+        std::thread::yield_now();
+    }
+}
+
+// A thread that blocks signals for a moment now and then (as git and dash
+// do around fork and vfork) makes the cycles that meet it give up, but it is
+// not reported as a thread that blocks the stop signal: neither two brief
+// blocks 1.2 s apart (with no cycle between them), nor brief blocks every
+// 100 ms for 1.5 s with a completed cycle between each two.
+scenario!(
+    brief_signal_blocks_are_not_reported,
+    &[],
+    {
+        let t = signal_blocker();
+        let give_up = |what: &str| {
+            set_blocked(true);
+            assert!(
+                !magpie::collect(),
+                "{what}: a cycle completed although a thread blocked the stop signal"
+            );
+            set_blocked(false);
+        };
+        give_up("first of two blocks");
+        std::thread::sleep(Duration::from_millis(1200));
+        give_up("second of two blocks");
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_millis(1500) {
+            give_up("frequent blocks");
+            assert!(magpie::collect(), "no cycle after the thread unblocked");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        STOP.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+    },
+    |stderr| {
+        assert!(
+            !stderr.contains("blocks the stop signal"),
+            "brief blocks reported as blocking the stop signal:\n{stderr}"
+        );
+    }
+);
+
+// The converse: a thread found blocking the stop signal at every attempt
+// for over a second is reported, once.
+scenario!(
+    lasting_signal_block_is_reported,
+    &[],
+    {
+        let t = signal_blocker();
+        set_blocked(true);
+        let start = std::time::Instant::now();
+        let mut tries = 0;
+        while start.elapsed() < Duration::from_millis(1300) {
+            assert!(
+                !magpie::collect(),
+                "a cycle completed although a thread blocked the stop signal"
+            );
+            tries += 1;
+        }
+        set_blocked(false);
+        assert!(magpie::collect(), "no cycle after the thread unblocked");
+        STOP.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        println!("{tries} cycles given up");
+    },
+    |stderr| {
+        assert_eq!(
+            stderr.matches("blocks the stop signal").count(),
+            1,
+            "a lasting block not reported exactly once:\n{stderr}"
+        );
     }
 );
 

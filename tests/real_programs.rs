@@ -13,7 +13,7 @@ mod preload_util;
 use preload_util::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -214,17 +214,9 @@ fn git_repository_workload() {
     };
     let dir = scratch("git");
     let sh = find_tool("sh").expect("sh");
-    let n = std::sync::atomic::AtomicUsize::new(0);
     let (g, _) = compare_runs(
         "git workload",
-        || {
-            let k = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let work = dir.join(format!("run{k}"));
-            std::fs::create_dir_all(&work).unwrap();
-            let mut c = clean(&sh, &work);
-            c.arg(program("git_workload.sh")).arg(&git).arg(&work);
-            c
-        },
+        git_workload(&sh, &git, &dir),
         None,
         LIMIT,
         true,
@@ -383,89 +375,6 @@ fn sort_50_mb() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A redis-server child, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    what: &'static str,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis_cli(
-    cli: &Path,
-    port: u16,
-    dir: &Path,
-    args: &[&str],
-    input: Option<&[u8]>,
-) -> std::process::Output {
-    let mut c = clean(cli, dir);
-    c.args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args);
-    run(&mut c, input, Duration::from_secs(60))
-}
-
-/// Starts redis-server on a free port (retrying if the port was taken) and
-/// waits for PING to answer.
-fn start_redis(server: &Path, cli: &Path, dir: &Path, what: &'static str, magpie: bool) -> Server {
-    for attempt in 0..5 {
-        let port = free_port();
-        let data = dir.join(format!("{what}-{attempt}"));
-        std::fs::create_dir_all(&data).unwrap();
-        let log = data.join("log");
-        let mut c = clean(server, &data);
-        c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .arg("--dir")
-            .arg(&data)
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        if magpie {
-            preload(&mut c);
-        }
-        let child = c.spawn().expect("start redis-server");
-        let mut s = Server {
-            child,
-            port,
-            what,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = s.child.try_wait() {
-                break; // exited: port taken, say; try another
-            }
-            let o = redis_cli(cli, port, dir, &["ping"], None);
-            if String::from_utf8_lossy(&o.stdout).trim() == "PONG" {
-                return s;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!(
-            "{what}: redis-server did not come up on port {port}; log:\n{}",
-            std::fs::read_to_string(&s.log).unwrap_or_default()
-        );
-    }
-    panic!("{what}: could not start redis-server");
-}
-
 #[test]
 fn redis_server_commands_and_benchmark() {
     let Some(server) = tool_or_skip("redis-server") else {
@@ -478,10 +387,11 @@ fn redis_server_commands_and_benchmark() {
         return;
     };
     let dir = scratch("redis");
-    let cmds = std::fs::read(program("redis_commands.txt")).unwrap();
 
-    let glibc = start_redis(&server, &cli, &dir, "glibc", false);
-    let magpie = start_redis(&server, &cli, &dir, "magpie", true);
+    let glibc = start_redis(&server, &cli, &dir, "glibc", |_| {});
+    let mut magpie = start_redis(&server, &cli, &dir, "magpie", |c| {
+        preload(c);
+    });
     // The magpie server really runs on magpie.
     let maps =
         std::fs::read_to_string(format!("/proc/{}/maps", magpie.child.id())).unwrap_or_default();
@@ -490,18 +400,8 @@ fn redis_server_commands_and_benchmark() {
         "redis-server did not load libmagpie.so"
     );
 
-    let replies = |s: &Server| {
-        let o = redis_cli(&cli, s.port, &dir, &[], Some(&cmds));
-        assert!(
-            o.status.success(),
-            "{}: redis-cli failed: {}",
-            s.what,
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o.stdout
-    };
-    let want = replies(&glibc);
-    let got = replies(&magpie);
+    let want = glibc.replies(&cli, &dir);
+    let got = magpie.replies(&cli, &dir);
     assert!(
         want == got,
         "redis replies differ: {}",
@@ -513,33 +413,12 @@ fn redis_server_commands_and_benchmark() {
     assert!(want.len() > 300, "{}", String::from_utf8_lossy(&want));
 
     // A bounded benchmark against the magpie server.
-    let mut b = clean(&bench, &dir);
-    b.args(["-h", "127.0.0.1", "-p", &magpie.port.to_string()])
-        .args(["-q", "-n", "20000", "-t", "set,get,lpush,lpop"]);
-    let t = Instant::now();
-    let o = run(&mut b, None, Duration::from_secs(120));
-    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "\n");
-    eprintln!("redis-benchmark: {:.2}s", t.elapsed().as_secs_f64());
-    assert!(
-        o.status.success(),
-        "redis-benchmark: {}\n{out}",
-        describe(&o.status)
-    );
-    let done: Vec<&str> = out
-        .lines()
-        .filter(|l| l.contains("requests per second"))
-        .collect();
-    assert_eq!(
-        done.len(),
-        4,
-        "redis-benchmark did not finish every test:\n{out}"
-    );
-    for l in &done {
-        eprintln!("  {}", l.trim());
+    for l in magpie.benchmark(&bench, &dir) {
+        eprintln!("  {l}");
     }
 
     // The server survived the benchmark and still answers the same.
-    let again = replies(&magpie);
+    let again = magpie.replies(&cli, &dir);
     assert!(
         again == want,
         "redis replies after the benchmark differ: {}",
@@ -548,25 +427,12 @@ fn redis_server_commands_and_benchmark() {
             &String::from_utf8_lossy(&again)
         )
     );
-    let o = redis_cli(&cli, magpie.port, &dir, &["shutdown", "nosave"], None);
-    let _ = o;
-    let mut m = magpie;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Ok(Some(s)) = m.child.try_wait() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+    let (status, _) = magpie.shutdown(&cli, &dir);
     assert!(
         matches!(status, Some(s) if s.success()),
         "redis-server (magpie) did not shut down cleanly: {:?}\nlog:\n{}",
         status.map(|s| describe(&s)),
-        tail(&log, 3000)
+        magpie.log_tail()
     );
     drop(glibc);
 }

@@ -216,6 +216,16 @@ pub unsafe extern "C" fn magpie_fill_mallinfo2(mi: *mut [usize; 10]) {
     unsafe { *mi = v };
 }
 
+/// A debugging query for tests and tools: 1 if `p` is the start of an object
+/// the heap holds as allocated now, 0 otherwise (NULL, a foreign or interior
+/// pointer, a freed slot). Allocation-free and lock-free; the answer may be
+/// stale as soon as another thread allocates or frees. A slot freed by the
+/// collector reads as allocated again once a later allocation reuses it.
+#[no_mangle]
+pub extern "C" fn magpie_is_allocated(p: *const c_void) -> i32 {
+    crate::debug::is_allocated(p as usize) as i32
+}
+
 /// Leakcheck: runs a collection and writes the leak report (stderr, or the
 /// file `MAGPIE_LEAK_REPORT` names). Returns the bytes leaked so far (0
 /// outside `MAGPIE_GC=leakcheck`).

@@ -296,6 +296,7 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
         // listing and its own stop, and that child must be stopped too.
         if acks == n {
             if added == 0 && listed_after_acks {
+                BLOCKED_TID.store(0, Relaxed);
                 return Stopped::All(n as usize);
             }
             listed_after_acks = true;
@@ -317,10 +318,14 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
                 let tid = TABLE.tid[i].load(Relaxed);
                 if !TABLE.acked[i].load(Acquire) && stop_signal_blocked_now(tid) {
                     // Threads block signals for a moment (glibc while it
-                    // creates a thread, git around fork, slow under load):
-                    // say so only when the same thread has kept it blocked
-                    // for a second of attempts.
-                    if BLOCKED_TID.swap(tid, Relaxed) != tid {
+                    // creates a thread, git and dash around fork and vfork,
+                    // slow under load): say so only when the same thread has
+                    // been found blocking it at every attempt for a second:
+                    // no stop succeeded meanwhile (that resets BLOCKED_TID)
+                    // and no two attempts were further apart than
+                    // BLOCKED_GAP_NS (else these are separate blocks).
+                    let last = BLOCKED_LAST_NS.swap(now, Relaxed);
+                    if BLOCKED_TID.swap(tid, Relaxed) != tid || now - last > BLOCKED_GAP_NS {
                         BLOCKED_SINCE_NS.store(now, Relaxed);
                     } else if now - BLOCKED_SINCE_NS.load(Relaxed) > 1_000_000_000 {
                         report_once(tid, "blocks the stop signal");
@@ -351,10 +356,14 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
     }
 }
 
-/// The thread whose blocked stop signal last made a stop give up, and when
-/// it first did (in a row).
+/// The thread whose blocked stop signal made the stops since the last
+/// successful one give up (0: none), when it first did, and when last.
 static BLOCKED_TID: AtomicI32 = AtomicI32::new(0);
 static BLOCKED_SINCE_NS: AtomicU64 = AtomicU64::new(0);
+static BLOCKED_LAST_NS: AtomicU64 = AtomicU64::new(0);
+/// Give-ups on the same thread further apart than this are separate blocks.
+/// The collector retries a paced cycle 100 ms after giving one up.
+const BLOCKED_GAP_NS: u64 = 500_000_000;
 
 /// Says, once per process, why a cycle was given up.
 fn report_once(tid: i32, why: &str) {

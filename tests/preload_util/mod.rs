@@ -434,3 +434,201 @@ pub fn lua_workload(lua: &Path, home: &Path) -> Command {
     c.arg(program("tables.lua"));
     c
 }
+
+/// The git workload (tests/programs/git_workload.sh, run by `sh`: init,
+/// twenty commits, a branch and a merge, log, blame, gc, fsck...): each call
+/// of the returned closure gives a command for a fresh directory under `dir`
+/// (run0, run1, ...), so two runs never share a repository.
+pub fn git_workload(sh: &Path, git: &Path, dir: &Path) -> impl Fn() -> Command {
+    let (sh, git, dir) = (sh.to_path_buf(), git.to_path_buf(), dir.to_path_buf());
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    move || {
+        let k = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let work = dir.join(format!("run{k}"));
+        std::fs::create_dir_all(&work).unwrap();
+        let mut c = clean(&sh, &work);
+        c.arg(program("git_workload.sh")).arg(&git).arg(&work);
+        c
+    }
+}
+
+/// A redis-server child (see [`start_redis`]), killed when dropped.
+pub struct RedisServer {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub what: &'static str,
+    /// Its log file (--logfile) and the file its stderr goes to.
+    pub log: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs redis-cli against 127.0.0.1:`port` with `args` (commands on standard
+/// input when `input` is given).
+pub fn redis_cli(cli: &Path, port: u16, dir: &Path, args: &[&str], input: Option<&[u8]>) -> Output {
+    let mut c = clean(cli, dir);
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args);
+    run(&mut c, input, Duration::from_secs(60))
+}
+
+/// Starts redis-server on a free port (retrying if the port was taken),
+/// without persistence, and waits for PING to answer. `setup` adds to the
+/// command (the preload, environment, more server options). Its stderr goes
+/// to a file (`RedisServer::stderr`).
+pub fn start_redis(
+    server: &Path,
+    cli: &Path,
+    dir: &Path,
+    what: &'static str,
+    setup: impl Fn(&mut Command),
+) -> RedisServer {
+    for attempt in 0..5 {
+        let port = free_port();
+        let data = dir.join(format!("{what}-{attempt}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let log = data.join("log");
+        let stderr = data.join("stderr");
+        let mut c = clean(server, &data);
+        c.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&data)
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        setup(&mut c);
+        let child = c.spawn().expect("start redis-server");
+        let mut s = RedisServer {
+            child,
+            port,
+            what,
+            log,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = s.child.try_wait() {
+                break; // exited: port taken, say; try another
+            }
+            let o = redis_cli(cli, port, dir, &["ping"], None);
+            if String::from_utf8_lossy(&o.stdout).trim() == "PONG" {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "{what}: redis-server did not come up on port {port}; log:\n{}",
+            std::fs::read_to_string(&s.log).unwrap_or_default()
+        );
+    }
+    panic!("{what}: could not start redis-server");
+}
+
+impl RedisServer {
+    /// The replies to tests/programs/redis_commands.txt (redis-cli must succeed).
+    pub fn replies(&self, cli: &Path, dir: &Path) -> Vec<u8> {
+        let cmds = std::fs::read(program("redis_commands.txt")).unwrap();
+        let o = redis_cli(cli, self.port, dir, &[], Some(&cmds));
+        assert!(
+            o.status.success(),
+            "{}: redis-cli failed: {}",
+            self.what,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    }
+
+    /// A bounded redis-benchmark (20,000 requests of each of SET, GET, LPUSH
+    /// and LPOP) against this server; asserts that every test finished and
+    /// returns its "requests per second" lines.
+    pub fn benchmark(&self, bench: &Path, dir: &Path) -> Vec<String> {
+        let mut b = clean(bench, dir);
+        b.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-q", "-n", "20000", "-t", "set,get,lpush,lpop"]);
+        let t = Instant::now();
+        let o = run(&mut b, None, Duration::from_secs(120));
+        let out = String::from_utf8_lossy(&o.stdout).replace('\r', "\n");
+        eprintln!(
+            "redis-benchmark ({}): {:.2}s",
+            self.what,
+            t.elapsed().as_secs_f64()
+        );
+        assert!(
+            o.status.success(),
+            "redis-benchmark: {}\n{out}",
+            describe(&o.status)
+        );
+        let done: Vec<String> = out
+            .lines()
+            .filter(|l| l.contains("requests per second"))
+            .map(|l| l.trim().to_string())
+            .collect();
+        assert_eq!(
+            done.len(),
+            4,
+            "redis-benchmark did not finish every test:\n{out}"
+        );
+        done
+    }
+
+    /// The names and blocked-signal masks (SigBlk) of the server's threads.
+    pub fn threads_sigblk(&self) -> Vec<(String, u64)> {
+        let mut v = Vec::new();
+        let dir = format!("/proc/{}/task", self.child.id());
+        for t in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            let blk = status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+                .unwrap_or(0);
+            v.push((comm.trim().to_string(), blk));
+        }
+        v
+    }
+
+    /// SHUTDOWN NOSAVE, then waits (10 s at most) for the server to exit.
+    /// Returns its exit status (None if it did not exit) and its stderr.
+    pub fn shutdown(&mut self, cli: &Path, dir: &Path) -> (Option<ExitStatus>, String) {
+        let _ = redis_cli(cli, self.port, dir, &["shutdown", "nosave"], None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        (status, err)
+    }
+
+    /// Its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        tail(
+            &std::fs::read_to_string(&self.log).unwrap_or_default(),
+            3000,
+        )
+        .to_string()
+    }
+}
