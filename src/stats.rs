@@ -18,8 +18,11 @@ pub struct ClassStats {
     /// Object size in bytes.
     pub size: usize,
     pub allocs: u64,
+    /// Freed by the program.
     pub frees: u64,
-    /// Objects allocated and not freed (`allocs - frees`).
+    /// Freed by the collector (found unreachable).
+    pub reclaimed: u64,
+    /// Objects allocated and not freed (`allocs - frees - reclaimed`).
     pub live: u64,
     /// Spans of this class in use.
     pub spans: usize,
@@ -33,8 +36,9 @@ pub struct Stats {
     pub frees: u64,
     /// Bytes allocated since start, counted by size class (what the heap gave).
     pub allocated_bytes: u64,
+    /// Objects and bytes freed by the program (the collector's are in `gc`).
     pub freed_bytes: u64,
-    /// `allocated_bytes - freed_bytes`.
+    /// Allocated, and freed neither by the program nor by the collector.
     pub live_bytes: u64,
     pub large_live_bytes: u64,
     /// Address space reserved for the heap.
@@ -86,11 +90,13 @@ pub fn stats() -> Stats {
             }
         }
         for sc in 2..central::NUM_SPANCLASSES {
-            classes[central::class_of_sc(sc)].spans += central::spans_in_use(sc);
+            let class = central::class_of_sc(sc);
+            classes[class].spans += central::spans_in_use(sc);
+            classes[class].reclaimed += central::RECLAIMED[sc].load(Relaxed);
         }
     }
     for cs in classes.iter_mut() {
-        cs.live = cs.allocs.saturating_sub(cs.frees);
+        cs.live = cs.allocs.saturating_sub(cs.frees + cs.reclaimed);
         allocations += cs.allocs;
         frees += cs.frees;
         allocated_bytes += cs.allocs * cs.size as u64;
@@ -111,13 +117,16 @@ pub fn stats() -> Stats {
     // The page map is reserved for the whole range but touched only for the
     // committed part: one 8-byte entry per 8 KiB page.
     let metadata = meta::mapped() as u64 + h.committed as u64 / 1024;
+    let gc = crate::gc::stats();
+    let small_reclaimed: u64 = classes.iter().map(|c| c.reclaimed * c.size as u64).sum();
+    let large_reclaimed = gc.reclaimed_bytes.saturating_sub(small_reclaimed);
     Stats {
         allocations,
         frees,
         allocated_bytes,
         freed_bytes,
-        live_bytes: allocated_bytes.saturating_sub(freed_bytes),
-        large_live_bytes: la.saturating_sub(lf),
+        live_bytes: allocated_bytes.saturating_sub(freed_bytes + gc.reclaimed_bytes),
+        large_live_bytes: la.saturating_sub(lf + large_reclaimed),
         heap_reserved: h.reserved as u64,
         heap_committed: h.committed as u64,
         heap_in_use: h.in_use as u64,
@@ -136,7 +145,7 @@ pub fn stats() -> Stats {
         },
         cpus: cache::ncaches() / 2,
         classes,
-        gc: crate::gc::stats(),
+        gc,
     }
 }
 
@@ -186,11 +195,13 @@ pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
     )?;
     writeln!(
         out,
-        "  objects     {} allocated ({}), {} freed ({}), {} live",
+        "  objects     {} allocated ({}), {} freed ({}), {} reclaimed ({}), {} live",
         s.allocations,
         Bytes(s.allocated_bytes),
         s.frees,
         Bytes(s.freed_bytes),
+        s.gc.reclaimed_objects,
+        Bytes(s.gc.reclaimed_bytes),
         Bytes(s.live_bytes)
     )?;
     writeln!(

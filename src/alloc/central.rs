@@ -249,6 +249,9 @@ fn return_slot(g: &mut Guard<'_>, p: usize) {
     }
 }
 
+/// Objects the collector freed, per span class (for per-class live counts).
+pub static RECLAIMED: [AtomicU64; NUM_SPANCLASSES] = [const { AtomicU64::new(0) }; NUM_SPANCLASSES];
+
 /// What sweeping a span did.
 #[derive(Clone, Copy, Default, Debug)]
 pub struct Swept {
@@ -331,6 +334,9 @@ unsafe fn sweep_span_locked(g: &mut Guard<'_>, s: *mut Span, collect: bool) -> S
                 r.bytes += bytes as u64;
             }
         }
+    }
+    if r.freed_objects > 0 {
+        RECLAIMED[sp.spanclass as usize].fetch_add(r.freed_objects, Relaxed);
     }
     sp.clear_marks();
     sp.sweepgen.store(gen, Relaxed);
