@@ -41,7 +41,9 @@
 //! pages found at a termination attempt would take the pause past it, the
 //! world restarts, those pages (already protected again) are scanned
 //! concurrently, and termination is tried again — at most `MAX_ROUNDS` times,
-//! as Go's gcMarkDone loop and Boehm's abandoned attempts do.
+//! as Go's gcMarkDone loop and Boehm's abandoned attempts do, and only while
+//! the written pages found at each attempt fall by a quarter (a program that
+//! writes as fast as rounds rescan makes more rounds pure cost).
 
 use core::sync::atomic::Ordering::*;
 
@@ -61,6 +63,7 @@ pub(super) fn run(my_sp: usize) -> bool {
     super::sweep_all();
     C.sweep_ns.fetch_add(os::now_ns() - t_sweep, Relaxed);
     let heap_before = heap::in_use_bytes() as u64;
+    let reclaimed_before = C.reclaimed_bytes.load(Relaxed);
     dirty::set_scan_end(heap::committed_end());
     let marked = if super::concurrent_enabled() && dirty::start() {
         concurrent(my_sp)
@@ -70,7 +73,7 @@ pub(super) fn run(my_sp: usize) -> bool {
     let Some(marked) = marked else {
         return false;
     };
-    finish(heap_before, marked);
+    finish(heap_before, marked, reclaimed_before);
     true
 }
 
@@ -156,6 +159,7 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     let mut runs = RunBuffer::new();
     let mut rounds = 0;
     let mut dirty_pages = 0u64;
+    let mut prev_pages: Option<usize> = None;
     loop {
         rounds += 1;
         let t = os::now_ns();
@@ -194,7 +198,14 @@ fn concurrent(my_sp: usize) -> Option<u64> {
         };
         dirty_pages += pages as u64;
         let spent = os::now_ns() - t;
-        if rounds < MAX_ROUNDS && spent + pages as u64 * NS_PER_PAGE > budget {
+        // Another round pays only if the program writes fewer pages than the
+        // last round found: when the count does not fall by a quarter, the
+        // program writes as fast as rounds rescan, and each round costs a
+        // pause and a rescan for nothing (mstress: 4 rounds a cycle, each
+        // rescanning the whole heap).
+        let converging = prev_pages.is_none_or(|p| pages < p - p / 4);
+        prev_pages = Some(pages);
+        if rounds < MAX_ROUNDS && converging && spent + pages as u64 * NS_PER_PAGE > budget {
             // Over budget: scan these pages (protected again) with the world
             // running, and try again.
             stop::restart_world();
@@ -339,7 +350,7 @@ fn terminate(maps_ok: bool) {
 /// After a cycle that marked: release what was deferred, sweep with the world
 /// running (objects allocated from now on carry the new generation and are
 /// never swept by it), then statistics and pacing.
-fn finish(heap_before: u64, marked: u64) {
+fn finish(heap_before: u64, marked: u64, reclaimed_before: u64) {
     heap::release_deferred();
     let t_s = os::now_ns();
     super::sweep_all();
@@ -349,7 +360,8 @@ fn finish(heap_before: u64, marked: u64) {
     C.heap_before_last.store(heap_before, Relaxed);
     let after = heap::in_use_bytes() as u64;
     C.heap_after_last.store(after, Relaxed);
-    super::set_next_goal(marked, after);
+    let reclaimed = C.reclaimed_bytes.load(Relaxed) - reclaimed_before;
+    super::set_next_goal(marked, after, reclaimed * 8 >= heap_before);
 }
 
 /// The written runs of one termination attempt, kept so that they can be

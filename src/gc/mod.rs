@@ -79,6 +79,9 @@ static GOGC: AtomicU64 = AtomicU64::new(100);
 static STRESS: AtomicU64 = AtomicU64::new(0);
 static STRESS_COUNT: AtomicU64 = AtomicU64::new(0);
 static NEXT_GC: AtomicU64 = AtomicU64::new(MIN_HEAP);
+/// log2 of the growth multiplier after unproductive cycles (see set_next_goal).
+static GROWTH_SHIFT: AtomicU32 = AtomicU32::new(0);
+const MAX_GROWTH_SHIFT: u32 = 2;
 static STOP_TIMEOUT_NS: AtomicU64 = AtomicU64::new(1_000_000_000);
 /// `MAGPIE_CONCURRENT`: mark while the program runs (where a dirty-page
 /// source exists).
@@ -412,9 +415,21 @@ pub(crate) static SWEEP_TERM_PAUSES: PauseLog = PauseLog::new();
 pub(crate) static MARK_TERM_PAUSES: PauseLog = PauseLog::new();
 
 /// The next cycle's trigger: the live heap the cycle found grown by GOGC %,
-/// at least MIN_HEAP and 1.25x what is in use after sweeping.
-fn set_next_goal(marked: u64, after: u64) {
-    let goal = marked.max(1) * (100 + GOGC.load(Relaxed)) / 100;
+/// at least MIN_HEAP and 1.25x what is in use after sweeping. After a cycle
+/// that was not `productive` (it freed less than 1/8 of the heap: the growth
+/// was live data, as in a program that frees its own memory), the allowed
+/// growth doubles, up to 4x; a productive cycle resets it. Boehm GC grows
+/// the heap instead of collecting for the same reason: cycles that find
+/// nothing are pure cost.
+fn set_next_goal(marked: u64, after: u64, productive: bool) {
+    let shift = if productive {
+        0
+    } else {
+        (GROWTH_SHIFT.load(Relaxed) + 1).min(MAX_GROWTH_SHIFT)
+    };
+    GROWTH_SHIFT.store(shift, Relaxed);
+    let growth = (marked.max(1) * GOGC.load(Relaxed) / 100) << shift;
+    let goal = marked.max(1) + growth;
     NEXT_GC.store(goal.max(MIN_HEAP).max(after + after / 4), Relaxed);
     MANAGED_SINCE_GC.store(0, Relaxed);
     MANAGED_ALLOWANCE.store((goal - marked.max(1)).max(MIN_HEAP), Relaxed);
