@@ -373,8 +373,8 @@ pub fn write_json(out: &mut dyn Write, s: &Stats) -> fmt::Result {
     pauses(out, "mark_termination", &g.mark_termination)?;
     write!(
         out,
-        ",\"concurrent_mark_ns\":{},\"rounds\":{},\"rounds_max\":{},\"dirty_pages\":{},\"dirty_pages_last\":{},\"dirty_failures\":{},",
-        g.concurrent_mark_ns, g.rounds, g.rounds_max, g.dirty_pages, g.dirty_pages_last, g.dirty_failures
+        ",\"concurrent_mark_ns\":{},\"rounds\":{},\"rounds_max\":{},\"dirty_pages\":{},\"dirty_pages_last\":{},\"dirty_failures\":{},\"mark_stack_peak\":{},",
+        g.concurrent_mark_ns, g.rounds, g.rounds_max, g.dirty_pages, g.dirty_pages_last, g.dirty_failures, g.mark_stack_peak
     )?;
     write!(
         out,

@@ -639,3 +639,25 @@ scenario!(
         check(&keep, 5);
     }
 );
+
+scenario!(
+    a_big_array_of_pointers_does_not_flood_the_mark_stack,
+    &[],
+    {
+        // One heap object (a Vec's buffer, 8 MiB) holding a million pointers is
+        // scanned a chunk at a time, each chunk's children before the rest: the
+        // mark stack holds a few thousand entries, not a million.
+        let v: Vec<Box<[u64; 2]>> = (0..1_000_000u64).map(|i| Box::new([i, !i])).collect();
+        magpie::collect();
+        let peak = magpie::stats().gc.mark_stack_peak;
+        println!("mark stack peak {peak} entries");
+        assert!(v
+            .iter()
+            .enumerate()
+            .all(|(i, b)| b[0] == i as u64 && b[1] == !(i as u64)));
+        assert!(
+            (1..20_000).contains(&peak),
+            "mark stack peak {peak} entries"
+        );
+    }
+);

@@ -147,7 +147,7 @@ static_assertions::const_assert!(core::mem::offset_of!(Span, large_alloc) < 64);
 impl Span {
     /// A new record for `npages` pages at `base`, in state FREE.
     pub fn new_record(base: usize, npages: usize) -> *mut Span {
-        let s = meta::alloc(core::mem::size_of::<Span>()) as *mut Span;
+        let s = meta::alloc_record(core::mem::size_of::<Span>()) as *mut Span;
         if s.is_null() {
             return s;
         }
@@ -169,7 +169,7 @@ impl Span {
         unsafe {
             (*s).release_bits();
             (*s).state.store(DEAD, Relaxed);
-            meta::free(s as *mut u8, core::mem::size_of::<Span>());
+            meta::free_record(s as *mut u8, core::mem::size_of::<Span>());
         }
     }
 

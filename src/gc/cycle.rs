@@ -106,6 +106,7 @@ fn stop_the_world(my_sp: usize) -> Option<u64> {
     if !maps_ok {
         return roots_unreadable();
     }
+    C.mark_stack_peak.fetch_max(m.peak as u64, Relaxed);
     Some(m.marked_bytes)
 }
 
@@ -230,6 +231,7 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     C.dirty_pages.fetch_add(dirty_pages, Relaxed);
     C.dirty_pages_last.store(dirty_pages, Relaxed);
     C.last_concurrent.store(true, Relaxed);
+    C.mark_stack_peak.fetch_max(m.peak as u64, Relaxed);
     Some(m.marked_bytes)
 }
 

@@ -16,6 +16,8 @@ use crate::sys::os;
 
 /// Mark-stack capacity in entries (16 bytes each), reserved not committed.
 const STACK_ENTRIES: usize = 16 << 20;
+/// Bytes of one object scanned before its children (see `drain_prefetching`).
+const SCAN_CHUNK: usize = 4096;
 
 /// The buffer `scan_range_copied` reads through (one marker runs at a time:
 /// the cycle lock).
@@ -43,6 +45,8 @@ pub struct Marker {
     pub marked_objects: u64,
     /// Bytes scanned (roots and heap objects).
     pub scanned_bytes: u64,
+    /// The most entries the stack held.
+    pub peak: usize,
     /// `debug::explain_retention`: the object to explain, as [start, end).
     explain: (usize, usize),
     /// Concurrent marking: objects born in this sweep generation were
@@ -80,6 +84,7 @@ impl Marker {
             marked_bytes: 0,
             marked_objects: 0,
             scanned_bytes: 0,
+            peak: 0,
             explain: crate::debug::explained().map_or((0, 0), object_bounds),
             black_gen: None,
         })
@@ -104,6 +109,7 @@ impl Marker {
         // SAFETY: len < cap, inside the mark-stack mapping.
         unsafe { *self.stack.add(self.len) = (lo, len) };
         self.len += 1;
+        self.peak = self.peak.max(self.len);
     }
 
     /// Marks the object `v` points into, if any.
@@ -310,9 +316,17 @@ impl Marker {
             if count == 0 {
                 return;
             }
-            let (lo, len) = fifo[head];
+            let (lo, mut len) = fifo[head];
             head = (head + 1) % PREFETCH_DEPTH;
             count -= 1;
+            if len > SCAN_CHUNK {
+                // A big object is scanned a chunk at a time, the rest pushed
+                // back under the chunk's children: the stack then holds at
+                // most a chunk's worth of pointers per level, not every
+                // pointer of an array (Boehm's mark_from does the same).
+                self.push(lo + SCAN_CHUNK, len - SCAN_CHUNK);
+                len = SCAN_CHUNK;
+            }
             self.scan_range(lo, lo + len);
         }
     }

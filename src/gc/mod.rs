@@ -446,6 +446,7 @@ struct Counters {
     dirty_pages: AtomicU64,
     dirty_pages_last: AtomicU64,
     dirty_failures: AtomicU64,
+    mark_stack_peak: AtomicU64,
     root_scan_ns: AtomicU64,
     heap_mark_ns: AtomicU64,
     termination_ns: AtomicU64,
@@ -469,6 +470,7 @@ static C: Counters = Counters {
     dirty_pages: AtomicU64::new(0),
     dirty_pages_last: AtomicU64::new(0),
     dirty_failures: AtomicU64::new(0),
+    mark_stack_peak: AtomicU64::new(0),
     root_scan_ns: AtomicU64::new(0),
     heap_mark_ns: AtomicU64::new(0),
     termination_ns: AtomicU64::new(0),
@@ -532,6 +534,8 @@ pub struct GcStats {
     pub dirty_pages_last: u64,
     /// Terminations where the dirty-page source failed (the heap was rescanned).
     pub dirty_failures: u64,
+    /// The most entries the mark stack held (16 bytes each).
+    pub mark_stack_peak: u64,
 }
 
 /// Cycles completed (without computing the rest of [`stats`]).
@@ -564,6 +568,7 @@ pub fn stats() -> GcStats {
         dirty_pages: C.dirty_pages.load(Relaxed),
         dirty_pages_last: C.dirty_pages_last.load(Relaxed),
         dirty_failures: C.dirty_failures.load(Relaxed),
+        mark_stack_peak: C.mark_stack_peak.load(Relaxed),
         root_scan_ns: C.root_scan_ns.load(Relaxed),
         heap_mark_ns: C.heap_mark_ns.load(Relaxed),
         termination_ns: C.termination_ns.load(Relaxed),
