@@ -304,7 +304,7 @@ impl Inner {
             return false;
         }
         // SAFETY: s is a fresh record (dirty_pages 0: fresh memory is zero).
-        unsafe { (*s).free_since_ms = now_ms() };
+        unsafe { (*s).free_since_ms = now_ms32() };
         self.free_pages += step / PAGE_SIZE;
         self.add_free(s);
         true
@@ -345,7 +345,11 @@ impl Inner {
         // SAFETY: the caller's contract.
         unsafe {
             (*a).dirty_pages += (*b).dirty_pages;
-            (*a).free_since_ms = (*a).free_since_ms.max((*b).free_since_ms);
+            // The merged run is as young as its younger part.
+            let now = now_ms32();
+            if now.wrapping_sub((*b).free_since_ms) < now.wrapping_sub((*a).free_since_ms) {
+                (*a).free_since_ms = (*b).free_since_ms;
+            }
             (*a).npages += (*b).npages;
             Span::free_record(b);
         }
@@ -363,8 +367,8 @@ impl Inner {
                 // pages of a free span touches no live object.
                 unsafe {
                     let next = (*s).next;
-                    let old_enough =
-                        older_than.is_none_or(|d| now.saturating_sub((*s).free_since_ms) >= d);
+                    let old_enough = older_than
+                        .is_none_or(|d| (now as u32).wrapping_sub((*s).free_since_ms) as u64 >= d);
                     if (*s).dirty_pages > 0 && old_enough {
                         let bytes = (*s).npages * PAGE_SIZE;
                         os::decommit((*s).base as *mut u8, bytes);
@@ -421,6 +425,13 @@ impl Inner {
 
 fn now_ms() -> u64 {
     os::now_ns() / 1_000_000
+}
+
+/// `now_ms` modulo 2^32, as span records keep it: ages computed with
+/// wrapping subtraction are right up to 49 days (an older free span then
+/// looks young and waits one more decay period).
+fn now_ms32() -> u32 {
+    now_ms() as u32
 }
 
 /// A fresh span of `npages` pages whose base is a multiple of `align` bytes
@@ -616,7 +627,7 @@ impl Inner {
             (*s).release_bits();
             (*s).state.store(span::FREE, Relaxed);
             (*s).dirty_pages = (*s).npages;
-            (*s).free_since_ms = now_ms();
+            (*s).free_since_ms = now_ms32();
             let n = (*s).npages;
             self.inuse_pages -= n;
             INUSE_PAGES.store(self.inuse_pages, Relaxed);

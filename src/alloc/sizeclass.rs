@@ -191,8 +191,8 @@ pub const fn batch_of_class(c: usize) -> usize {
 
 /// The 32-bit reciprocal of class `c`'s size: `(offset * magic) >> 32` is
 /// `offset / size` for every offset inside a span of the class (Go's divMagic).
-pub const fn div_magic(size: usize) -> u64 {
-    (u32::MAX as u64) / size as u64 + 1
+pub const fn div_magic(size: usize) -> u32 {
+    u32::MAX / size as u32 + 1
 }
 
 // The table's invariants.
@@ -224,7 +224,7 @@ const fn check_table() -> bool {
         let m = div_magic(size);
         let mut i = 0;
         while i <= n {
-            if ((i * size) as u64 * m) >> 32 != i as u64 {
+            if ((i * size) as u64 * m as u64) >> 32 != i as u64 {
                 return false;
             }
             i += 1;
