@@ -131,6 +131,20 @@ pub fn ncaches() -> usize {
     2 * FAST.ncpu.load(Relaxed)
 }
 
+/// Small objects allocated and freed by the program so far, summed over
+/// every CPU's counters (relaxed: approximate while threads run).
+pub fn small_op_counts() -> (u64, u64) {
+    let (mut allocs, mut frees) = (0, 0);
+    for i in 0..ncaches() {
+        let st = &cache_at(i).stats;
+        for sc in 2..central::NUM_SPANCLASSES {
+            allocs += st.allocs[sc].load(Relaxed);
+            frees += st.frees[sc].load(Relaxed);
+        }
+    }
+    (allocs, frees)
+}
+
 /// The rseq cache of the CPU the thread runs on now (statistics only: the
 /// thread may migrate at any moment).
 fn this_cpu_cache(off: isize) -> &'static CpuCache {

@@ -363,7 +363,26 @@ fn finish(heap_before: u64, marked: u64, reclaimed_before: u64) {
     let after = heap::in_use_bytes() as u64;
     C.heap_after_last.store(after, Relaxed);
     let reclaimed = C.reclaimed_bytes.load(Relaxed) - reclaimed_before;
-    super::set_next_goal(marked, after, reclaimed * 8 >= heap_before);
+    super::set_next_goal(
+        marked,
+        after,
+        reclaimed * 8 >= heap_before,
+        frees_own_memory(),
+    );
+}
+
+/// Whether the program freed at least half of the objects it allocated since
+/// the last time this was asked (the last cycle): it manages its memory
+/// itself, and needs the collector only for what it leaks.
+fn frees_own_memory() -> bool {
+    use core::sync::atomic::AtomicU64;
+    static LAST: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+    let (small_allocs, small_frees) = cache::small_op_counts();
+    let allocs = small_allocs + crate::alloc::LARGE_ALLOCS.load(Relaxed);
+    let frees = small_frees + crate::alloc::LARGE_FREES.load(Relaxed);
+    let da = allocs.saturating_sub(LAST[0].swap(allocs, Relaxed));
+    let df = frees.saturating_sub(LAST[1].swap(frees, Relaxed));
+    df * 2 >= da
 }
 
 /// The written runs of one termination attempt, kept so that they can be

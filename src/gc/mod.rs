@@ -415,14 +415,16 @@ pub(crate) static SWEEP_TERM_PAUSES: PauseLog = PauseLog::new();
 pub(crate) static MARK_TERM_PAUSES: PauseLog = PauseLog::new();
 
 /// The next cycle's trigger: the live heap the cycle found grown by GOGC %,
-/// at least MIN_HEAP and 1.25x what is in use after sweeping. After a cycle
-/// that was not `productive` (it freed less than 1/8 of the heap: the growth
-/// was live data, as in a program that frees its own memory), the allowed
-/// growth doubles, up to 4x; a productive cycle resets it. Boehm GC grows
-/// the heap instead of collecting for the same reason: cycles that find
-/// nothing are pure cost.
-fn set_next_goal(marked: u64, after: u64, productive: bool) {
-    let shift = if productive {
+/// at least MIN_HEAP and 1.25x what is in use after sweeping. In a program
+/// that `frees_own` memory (at least half of what it allocated since the last
+/// cycle), a cycle that was not `productive` (it freed less than 1/8 of the
+/// heap: the growth was live data) doubles the allowed growth, up to 4x;
+/// anything else resets it. Cycles that find nothing there are pure cost
+/// (Boehm GC grows the heap instead of collecting for the same reason); a
+/// program that relies on the collector keeps the plain pacing, as its
+/// all-live start-up (building a data structure) says nothing of later.
+fn set_next_goal(marked: u64, after: u64, productive: bool, frees_own: bool) {
+    let shift = if productive || !frees_own {
         0
     } else {
         (GROWTH_SHIFT.load(Relaxed) + 1).min(MAX_GROWTH_SHIFT)
