@@ -41,9 +41,10 @@
 //! pages found at a termination attempt would take the pause past it, the
 //! world restarts, those pages (already protected again) are scanned
 //! concurrently, and termination is tried again — at most `MAX_ROUNDS` times,
-//! as Go's gcMarkDone loop and Boehm's abandoned attempts do, and only while
-//! the written pages found at each attempt fall by a quarter (a program that
-//! writes as fast as rounds rescan makes more rounds pure cost).
+//! as Go's gcMarkDone loop and Boehm's abandoned attempts do; but when the
+//! written pages stop falling by a quarter from one attempt to the next and
+//! finishing now costs at most `STALL_OVERRUN` times the budget, it finishes
+//! (more rounds would rescan as much for nothing).
 
 use core::sync::atomic::Ordering::*;
 
@@ -55,6 +56,9 @@ use crate::sys::{fatal, os};
 const MAX_ROUNDS: u32 = 4;
 /// Estimated cost of rescanning one written 4 KiB page, for the pause budget.
 const NS_PER_PAGE: u64 = 600;
+/// How far past the pause budget a termination may go rather than run another
+/// round when rounds have stopped shrinking the written pages.
+const STALL_OVERRUN: u64 = 8;
 
 /// Runs a cycle; `my_sp` is where this thread's stack is scanned from.
 pub(super) fn run(my_sp: usize) -> bool {
@@ -199,14 +203,20 @@ fn concurrent(my_sp: usize) -> Option<u64> {
         };
         dirty_pages += pages as u64;
         let spent = os::now_ns() - t;
-        // Another round pays only if the program writes fewer pages than the
-        // last round found: when the count does not fall by a quarter, the
-        // program writes as fast as rounds rescan, and each round costs a
-        // pause and a rescan for nothing (mstress: 4 rounds a cycle, each
-        // rescanning the whole heap).
-        let converging = prev_pages.is_none_or(|p| pages < p - p / 4);
+        // Another round is skipped when it would buy little: the written
+        // pages did not fall by a quarter since the last round (the program
+        // writes as fast as rounds rescan) and finishing now overruns the
+        // budget by at most STALL_OVERRUN times (mstress ran 4 rounds a cycle,
+        // each rescanning its whole heap, for a pause of a few ms either
+        // way). A long pause is always worth more rounds (at 1 GiB, stopping
+        // at the first stalled round made a 2 s pause out of 120 ms).
+        let estimate = spent + pages as u64 * NS_PER_PAGE;
+        let stalled = prev_pages.is_some_and(|p| pages >= p - p / 4);
         prev_pages = Some(pages);
-        if rounds < MAX_ROUNDS && converging && spent + pages as u64 * NS_PER_PAGE > budget {
+        if rounds < MAX_ROUNDS
+            && estimate > budget
+            && !(stalled && estimate <= STALL_OVERRUN * budget)
+        {
             // Over budget: scan these pages (protected again) with the world
             // running, and try again.
             stop::restart_world();
