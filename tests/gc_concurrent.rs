@@ -168,10 +168,11 @@ fn run_scenario(secs: u64, mover: impl Fn(u64) + Send + Sync) {
     let g = magpie::stats().gc;
     let cycles = g.cycles - cycles0;
     println!(
-        "rounds {round}, moves {}, cycles {cycles}, concurrent {}, source {}",
+        "rounds {round}, moves {}, cycles {cycles}, concurrent {}, source {}, throttled rounds {}",
         MOVES.load(Relaxed),
         g.last_cycle_concurrent,
-        g.dirty_source
+        g.dirty_source,
+        g.throttled_rounds
     );
     assert!(cycles >= 100, "only {cycles} cycles ran");
 }
@@ -365,6 +366,14 @@ fn run(test: &str, scenario: &str, env: &[(&str, &str)]) {
         "{test}: child failed ({:?}, killed {killed})\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
+    if env.iter().any(|&(k, _)| k == "MAGPIE_PAUSE_TARGET_US") {
+        // A pause target no termination meets: rounds run with allocation
+        // throttled, and the moves stay correct through them.
+        assert!(
+            !stdout.contains("throttled rounds 0\n"),
+            "{test}: allocation was never throttled:\n{stdout}"
+        );
+    }
     let concurrent = !env
         .iter()
         .any(|&(k, v)| (k == "MAGPIE_CONCURRENT" && v == "0") || k == "MAGPIE_DIRTY");
@@ -401,6 +410,8 @@ scenarios! {
     stop_the_world_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_CONCURRENT", "0")];
     stop_the_world_move_through_a_pipe: "through_a_pipe", &[("MAGPIE_CONCURRENT", "0")];
     no_dirty_source_falls_back: "into_fresh_object", &[("MAGPIE_DIRTY", "none")];
+    throttled_rounds_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_PAUSE_TARGET_US", "10")];
+    throttled_rounds_move_between_threads: "queue_between_threads", &[("MAGPIE_PAUSE_TARGET_US", "10")];
 }
 
 /// MAGPIE_STATS=json: one JSON object on the last line of stderr, with the

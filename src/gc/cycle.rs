@@ -165,6 +165,9 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     let mut rounds = 0;
     let mut dirty_pages = 0u64;
     let mut prev_pages: Option<usize> = None;
+    // Allocation is throttled from the first over-budget round to the end of
+    // the cycle (dropped on every way out).
+    let mut throttle: Option<super::Throttle> = None;
     loop {
         rounds += 1;
         let t = os::now_ns();
@@ -219,6 +222,9 @@ fn concurrent(my_sp: usize) -> Option<u64> {
         {
             // Over budget: scan these pages (protected again) with the world
             // running, and try again.
+            if throttle.is_none() {
+                throttle = Some(super::Throttle::on());
+            }
             stop::restart_world();
             super::MARK_TERM_PAUSES.record(os::now_ns() - t);
             let tc = os::now_ns();

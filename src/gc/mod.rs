@@ -218,6 +218,56 @@ pub fn after_slow_alloc(p: *mut u8) {
     if cycle_due() {
         wake_collector();
     }
+    if THROTTLE.load(Relaxed) != 0 {
+        throttle_wait();
+    }
+}
+
+/// Nonzero while a concurrent mark is running termination rounds because the
+/// program writes pages faster than the marker rescans them. Threads that
+/// allocate then wait (`throttle_wait`) after each allocation slow path, so
+/// the marker catches up and the final pause stays short: Go parks
+/// goroutines that owe mark assists for the same reason. Cleared (and the
+/// waiters woken) when the cycle's rounds end.
+pub(crate) static THROTTLE: AtomicU32 = AtomicU32::new(0);
+/// Longest single wait: an allocating thread is slowed, never stalled for long.
+const THROTTLE_MAX_NS: u64 = 2_000_000;
+
+#[cold]
+#[inline(never)]
+fn throttle_wait() {
+    if IS_COLLECTOR.with(|c| c.get()) {
+        return;
+    }
+    let t0 = crate::sys::os::now_ns();
+    loop {
+        let v = THROTTLE.load(Acquire);
+        let waited = crate::sys::os::now_ns() - t0;
+        if v == 0 || waited >= THROTTLE_MAX_NS {
+            break;
+        }
+        futex::wait(&THROTTLE, v, Some(THROTTLE_MAX_NS - waited));
+    }
+    C.throttled_ns
+        .fetch_add(crate::sys::os::now_ns() - t0, Relaxed);
+}
+
+/// Turns the throttle on for the life of the guard (see `THROTTLE`).
+pub(crate) struct Throttle;
+
+impl Throttle {
+    pub(crate) fn on() -> Throttle {
+        THROTTLE.store(1, Release);
+        C.throttled_rounds.fetch_add(1, Relaxed);
+        Throttle
+    }
+}
+
+impl Drop for Throttle {
+    fn drop(&mut self) {
+        THROTTLE.store(0, Release);
+        futex::wake(&THROTTLE, i32::MAX);
+    }
 }
 
 /// True when the pacer wants a cycle: the heap in use reached the goal, or
@@ -449,6 +499,8 @@ struct Counters {
     dirty_pages_last: AtomicU64,
     dirty_failures: AtomicU64,
     mark_stack_peak: AtomicU64,
+    throttled_ns: AtomicU64,
+    throttled_rounds: AtomicU64,
     root_scan_ns: AtomicU64,
     heap_mark_ns: AtomicU64,
     termination_ns: AtomicU64,
@@ -473,6 +525,8 @@ static C: Counters = Counters {
     dirty_pages_last: AtomicU64::new(0),
     dirty_failures: AtomicU64::new(0),
     mark_stack_peak: AtomicU64::new(0),
+    throttled_ns: AtomicU64::new(0),
+    throttled_rounds: AtomicU64::new(0),
     root_scan_ns: AtomicU64::new(0),
     heap_mark_ns: AtomicU64::new(0),
     termination_ns: AtomicU64::new(0),
@@ -538,6 +592,10 @@ pub struct GcStats {
     pub dirty_failures: u64,
     /// The most entries the mark stack held (16 bytes each).
     pub mark_stack_peak: u64,
+    /// Termination rounds run with allocation throttled, and the time
+    /// allocating threads spent waiting (summed over threads).
+    pub throttled_rounds: u64,
+    pub throttled_ns: u64,
 }
 
 /// Cycles completed (without computing the rest of [`stats`]).
@@ -571,6 +629,8 @@ pub fn stats() -> GcStats {
         dirty_pages_last: C.dirty_pages_last.load(Relaxed),
         dirty_failures: C.dirty_failures.load(Relaxed),
         mark_stack_peak: C.mark_stack_peak.load(Relaxed),
+        throttled_rounds: C.throttled_rounds.load(Relaxed),
+        throttled_ns: C.throttled_ns.load(Relaxed),
         root_scan_ns: C.root_scan_ns.load(Relaxed),
         heap_mark_ns: C.heap_mark_ns.load(Relaxed),
         termination_ns: C.termination_ns.load(Relaxed),
@@ -689,6 +749,8 @@ pub unsafe fn unlock_after_fork(child: bool) {
         unsafe { CYCLE.force_unlock() };
     }
     stop::reset_after_fork();
+    // The parent's rounds may have been throttling allocation.
+    THROTTLE.store(0, Relaxed);
     if PHASE.load(Relaxed) != Phase::Off as u8 {
         // A mark was under way: forget it (no thread of the child marks).
         PHASE.store(Phase::Off as u8, Relaxed);
