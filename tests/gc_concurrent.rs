@@ -446,6 +446,9 @@ fn stats_as_json() {
         "\"mark_termination\":{\"count\":",
         "\"rounds\":",
         "\"dirty_pages\":",
+        "\"precleaned_pages\":",
+        "\"throttled_rounds\":",
+        "\"mark_stack_peak\":",
         "\"classes\":[{\"size\":",
     ] {
         assert!(line.contains(key), "{key} missing from {line}");

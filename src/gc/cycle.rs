@@ -59,6 +59,8 @@ const NS_PER_PAGE: u64 = 600;
 /// How far past the pause budget a termination may go rather than run another
 /// round when rounds have stopped shrinking the written pages.
 const STALL_OVERRUN: u64 = 8;
+/// Precleaning passes at most (see `concurrent`).
+const MAX_PRECLEAN: u32 = 8;
 
 /// Runs a cycle; `my_sp` is where this thread's stack is scanned from.
 pub(super) fn run(my_sp: usize) -> bool {
@@ -157,17 +159,41 @@ fn concurrent(my_sp: usize) -> Option<u64> {
         });
     });
     m.drain();
-    let mut conc_ns = os::now_ns() - t_conc;
 
     // Mark termination, retried while the written pages would blow the budget.
     let budget = super::PAUSE_TARGET_NS.load(Relaxed);
     let mut runs = RunBuffer::new();
     let mut rounds = 0;
     let mut dirty_pages = 0u64;
-    let mut prev_pages: Option<usize> = None;
-    // Allocation is throttled from the first over-budget round to the end of
+    // Allocation is throttled from the first over-budget pass to the end of
     // the cycle (dropped on every way out).
     let mut throttle: Option<super::Throttle> = None;
+
+    // Precleaning (CMS's): rescan the pages written during the mark so far,
+    // with the world running, while each pass finds a quarter fewer, so the
+    // first termination attempt finds only the latest writes rather than
+    // everything written during a mark of the whole heap.
+    let mut prev_pages: Option<usize> = None;
+    for _ in 0..MAX_PRECLEAN {
+        runs.clear();
+        let Some(pages) = dirty::collect_written(&mut |a, n| runs.push(&mut m, a, n * 4096)) else {
+            break;
+        };
+        runs.scan(&mut m);
+        m.drain();
+        dirty_pages += pages as u64;
+        C.precleaned_pages.fetch_add(pages as u64, Relaxed);
+        let stalled = prev_pages.is_some_and(|p| pages >= p - p / 4);
+        prev_pages = Some(pages);
+        if pages as u64 * NS_PER_PAGE <= budget || stalled {
+            break;
+        }
+        if throttle.is_none() {
+            throttle = Some(super::Throttle::on());
+        }
+    }
+    let mut conc_ns = os::now_ns() - t_conc;
+    let mut prev_pages: Option<usize> = None;
     loop {
         rounds += 1;
         let t = os::now_ns();

@@ -501,6 +501,7 @@ struct Counters {
     mark_stack_peak: AtomicU64,
     throttled_ns: AtomicU64,
     throttled_rounds: AtomicU64,
+    precleaned_pages: AtomicU64,
     root_scan_ns: AtomicU64,
     heap_mark_ns: AtomicU64,
     termination_ns: AtomicU64,
@@ -527,6 +528,7 @@ static C: Counters = Counters {
     mark_stack_peak: AtomicU64::new(0),
     throttled_ns: AtomicU64::new(0),
     throttled_rounds: AtomicU64::new(0),
+    precleaned_pages: AtomicU64::new(0),
     root_scan_ns: AtomicU64::new(0),
     heap_mark_ns: AtomicU64::new(0),
     termination_ns: AtomicU64::new(0),
@@ -592,10 +594,13 @@ pub struct GcStats {
     pub dirty_failures: u64,
     /// The most entries the mark stack held (16 bytes each).
     pub mark_stack_peak: u64,
-    /// Termination rounds run with allocation throttled, and the time
-    /// allocating threads spent waiting (summed over threads).
+    /// Cycles whose precleaning or termination rounds throttled allocation,
+    /// and the time allocating threads spent waiting (summed over threads).
     pub throttled_rounds: u64,
     pub throttled_ns: u64,
+    /// Written pages rescanned with the world running before the first
+    /// termination attempt (precleaning; included in `dirty_pages`).
+    pub precleaned_pages: u64,
 }
 
 /// Cycles completed (without computing the rest of [`stats`]).
@@ -631,6 +636,7 @@ pub fn stats() -> GcStats {
         mark_stack_peak: C.mark_stack_peak.load(Relaxed),
         throttled_rounds: C.throttled_rounds.load(Relaxed),
         throttled_ns: C.throttled_ns.load(Relaxed),
+        precleaned_pages: C.precleaned_pages.load(Relaxed),
         root_scan_ns: C.root_scan_ns.load(Relaxed),
         heap_mark_ns: C.heap_mark_ns.load(Relaxed),
         termination_ns: C.termination_ns.load(Relaxed),
