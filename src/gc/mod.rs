@@ -218,9 +218,18 @@ pub fn after_slow_alloc(p: *mut u8) {
     if cycle_due() {
         wake_collector();
     }
-    if THROTTLE.load(Relaxed) != 0 {
+    if THROTTLE.load(Relaxed) != 0 || (marking() && over_goal()) {
         throttle_wait();
     }
+}
+
+/// While a concurrent mark runs, allocation past the goal the cycle was
+/// started for (by an eighth) is floating garbage the cycle cannot free: the
+/// allocating threads wait too (Go's assists grow as the heap nears its goal),
+/// which bounds the heap a concurrent cycle leaves behind.
+fn over_goal() -> bool {
+    let goal = NEXT_GC.load(Relaxed);
+    heap::in_use_bytes() as u64 > goal + goal / 8
 }
 
 /// Nonzero while a concurrent mark is running termination rounds because the
@@ -243,10 +252,11 @@ fn throttle_wait() {
     loop {
         let v = THROTTLE.load(Acquire);
         let waited = crate::sys::os::now_ns() - t0;
-        if v == 0 || waited >= THROTTLE_MAX_NS {
+        if (v == 0 && !(marking() && over_goal())) || waited >= THROTTLE_MAX_NS {
             break;
         }
-        futex::wait(&THROTTLE, v, Some(THROTTLE_MAX_NS - waited));
+        // Woken when the throttle ends; re-checks the heap every 200 us.
+        futex::wait(&THROTTLE, v, Some((THROTTLE_MAX_NS - waited).min(200_000)));
     }
     C.throttled_ns
         .fetch_add(crate::sys::os::now_ns() - t0, Relaxed);
