@@ -559,12 +559,18 @@ fn find_rule(ip: usize) -> Option<Rule> {
     if unsafe { _dl_find_object(pc as *mut c_void, &mut obj) } != 0 {
         return None;
     }
-    let lo = obj.map_start as usize;
+    // glibc reports the mapping of the segment holding `pc`: with separate
+    // code segments (the default of current linkers) that is the text alone,
+    // and `.eh_frame_hdr` and `.eh_frame` sit in the read-only segment below
+    // it. The tables are the object's own, found through its PT_GNU_EH_FRAME,
+    // so reads are bounded from the header up to the end of the text; a
+    // layout that put them elsewhere ends the walk.
     let hi = obj.map_end as usize;
     let hdr = obj.eh_frame as usize;
-    if hdr == 0 || hdr < lo || hdr >= hi {
+    if hdr == 0 || hdr >= hi {
         return None;
     }
+    let lo = (obj.map_start as usize).min(hdr);
     let fde = search_hdr(hdr, lo, hi, pc)?;
     run_cfi(fde, lo, hi, pc)
 }
