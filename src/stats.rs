@@ -79,16 +79,11 @@ pub fn stats() -> Stats {
     let mut allocated_bytes = 0;
     let mut freed_bytes = 0;
     if ready {
-        for i in 0..cache::ncaches() {
-            let c = cache::cache_at(i);
-            for sc in 2..central::NUM_SPANCLASSES {
-                let class = central::class_of_sc(sc);
-                let a = c.stats.allocs[sc].load(Relaxed);
-                let f = c.stats.frees[sc].load(Relaxed);
-                classes[class].allocs += a;
-                classes[class].frees += f;
-            }
-        }
+        cache::for_each_op_count(|sc, a, f| {
+            let class = central::class_of_sc(sc);
+            classes[class].allocs += a;
+            classes[class].frees += f;
+        });
         for sc in 2..central::NUM_SPANCLASSES {
             let class = central::class_of_sc(sc);
             classes[class].spans += central::spans_in_use(sc);

@@ -131,18 +131,16 @@ pub fn ncaches() -> usize {
     2 * FAST.ncpu.load(Relaxed)
 }
 
-/// Small objects allocated and freed by the program so far, summed over
-/// every CPU's counters (relaxed: approximate while threads run).
-pub fn small_op_counts() -> (u64, u64) {
-    let (mut allocs, mut frees) = (0, 0);
+/// Calls `f(span class, allocations, frees)` with every CPU's counters of
+/// small objects, one call per cache and span class (relaxed: approximate
+/// while threads run).
+pub fn for_each_op_count(mut f: impl FnMut(usize, u64, u64)) {
     for i in 0..ncaches() {
         let st = &cache_at(i).stats;
         for sc in 2..central::NUM_SPANCLASSES {
-            allocs += st.allocs[sc].load(Relaxed);
-            frees += st.frees[sc].load(Relaxed);
+            f(sc, st.allocs[sc].load(Relaxed), st.frees[sc].load(Relaxed));
         }
     }
-    (allocs, frees)
 }
 
 /// The rseq cache of the CPU the thread runs on now (statistics only: the

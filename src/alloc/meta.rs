@@ -81,13 +81,12 @@ pub fn alloc_record(size: usize) -> *mut u8 {
     take(RECORDS, size.next_multiple_of(FINE_STEP))
 }
 
-/// Returns a record from [`alloc_record`] of the same `size`.
+/// Returns a record from [`alloc_record`].
 ///
 /// # Safety
-/// `p` must come from `alloc_record(size)`; it stays a span record's memory
+/// `p` must come from `alloc_record`; it stays a span record's memory
 /// (stale readers may still look at it).
-pub unsafe fn free_record(p: *mut u8, size: usize) {
-    let _ = size;
+pub unsafe fn free_record(p: *mut u8) {
     // SAFETY: forwarded contract; records are at least 64 bytes.
     unsafe { put(RECORDS, p) };
 }

@@ -174,7 +174,7 @@ impl Span {
         unsafe {
             (*s).release_bits();
             (*s).state.store(DEAD, Relaxed);
-            meta::free_record(s as *mut u8, core::mem::size_of::<Span>());
+            meta::free_record(s as *mut u8);
         }
     }
 

@@ -419,9 +419,12 @@ fn finish(heap_before: u64, marked: u64, reclaimed_before: u64) {
 fn frees_own_memory() -> bool {
     use core::sync::atomic::AtomicU64;
     static LAST: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-    let (small_allocs, small_frees) = cache::small_op_counts();
-    let allocs = small_allocs + crate::alloc::LARGE_ALLOCS.load(Relaxed);
-    let frees = small_frees + crate::alloc::LARGE_FREES.load(Relaxed);
+    let mut allocs = crate::alloc::LARGE_ALLOCS.load(Relaxed);
+    let mut frees = crate::alloc::LARGE_FREES.load(Relaxed);
+    cache::for_each_op_count(|_, a, f| {
+        allocs += a;
+        frees += f;
+    });
     let da = allocs.saturating_sub(LAST[0].swap(allocs, Relaxed));
     let df = frees.saturating_sub(LAST[1].swap(frees, Relaxed));
     df * 2 >= da

@@ -494,7 +494,7 @@ fn set_next_goal(marked: u64, after: u64, productive: bool, frees_own: bool) {
     let goal = marked.max(1) + growth;
     NEXT_GC.store(goal.max(MIN_HEAP).max(after + after / 4), Relaxed);
     MANAGED_SINCE_GC.store(0, Relaxed);
-    MANAGED_ALLOWANCE.store((goal - marked.max(1)).max(MIN_HEAP), Relaxed);
+    MANAGED_ALLOWANCE.store(growth.max(MIN_HEAP), Relaxed);
 }
 
 #[derive(Default)]
