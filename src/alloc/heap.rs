@@ -158,6 +158,13 @@ fn entry(addr: usize) -> Option<&'static AtomicUsize> {
     Some(unsafe { &*MAP.pagemap.load(Relaxed).add(off >> PAGE_SHIFT) })
 }
 
+/// The address of the page-map entry of `addr` (0 outside the heap), for
+/// the marker to prefetch.
+#[inline(always)]
+pub fn page_map_entry_addr(addr: usize) -> usize {
+    entry(addr).map_or(0, |e| e as *const AtomicUsize as usize)
+}
+
 /// The in-use span containing `addr`, or null. O(1): the question the collector
 /// asks of every scanned word and `free` of every pointer.
 #[inline(always)]

@@ -6,7 +6,8 @@
 //!                  mark roots + heap while the program runs ─
 //!                  [stop: stacks, roots, written pages, drain, terminate]
 //!                  (or, if the written pages would blow the pause budget:
-//!                  restart, scan them concurrently, stop again) ─ sweep
+//!                  restart, scan them concurrently, stop again) ─
+//!                  unprotect heap ─ sweep
 //! ```
 //!
 //! Concurrent marking (`MAGPIE_CONCURRENT=1`, the default where a dirty-page
@@ -54,7 +55,11 @@ use crate::sys::{fatal, os};
 
 /// Termination attempts before the last one, which finishes whatever it finds.
 const MAX_ROUNDS: u32 = 4;
-/// Estimated cost of rescanning one written 4 KiB page, for the pause budget.
+/// Least cost assumed for rescanning one written 4 KiB page (of an in-use
+/// span that may hold pointers), for the pause budget. The cost used is what
+/// the cycle measured on its own concurrent rescans, at least this: a page of
+/// pointers into a large heap misses the cache on every word (12 µs a page
+/// measured at 1 GiB, against 0.6 µs for pages of pointers into a small one).
 const NS_PER_PAGE: u64 = 600;
 /// How far past the pause budget a termination may go rather than run another
 /// round when rounds have stopped shrinking the written pages.
@@ -71,8 +76,16 @@ pub(super) fn run(my_sp: usize) -> bool {
     let heap_before = heap::in_use_bytes() as u64;
     let reclaimed_before = C.reclaimed_bytes.load(Relaxed);
     dirty::set_scan_end(heap::committed_end());
+    let t_protect = os::now_ns();
     let marked = if super::concurrent_enabled() && dirty::start() {
-        concurrent(my_sp)
+        C.protect_ns.fetch_add(os::now_ns() - t_protect, Relaxed);
+        let marked = concurrent(my_sp);
+        // Unprotect the heap until the next cycle: between cycles a write
+        // must not fault.
+        let t = os::now_ns();
+        dirty::end();
+        C.protect_ns.fetch_add(os::now_ns() - t, Relaxed);
+        marked
     } else {
         stop_the_world(my_sp)
     };
@@ -102,8 +115,10 @@ fn stop_the_world(my_sp: usize) -> Option<u64> {
     m.drain();
     let t_mark = os::now_ns();
     terminate(maps_ok);
-    stop::restart_world();
+    // A pause ends when the world restarts: what the collector's thread
+    // waits for a CPU after waking the others is not part of it.
     let t_end = os::now_ns();
+    stop::restart_world();
     C.root_scan_ns.fetch_add(t_roots - t0, Relaxed);
     C.heap_mark_ns.fetch_add(t_mark - t_roots, Relaxed);
     C.termination_ns.fetch_add(t_end - t_mark, Relaxed);
@@ -124,6 +139,7 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     if !stop_or_abandon() {
         return None;
     }
+    let t_stopped = os::now_ns();
     let gen = SWEEPGEN.load(Relaxed);
     PHASE.store(Phase::Mark as u8, Release);
     ALLOC_TAG.store(span::alloc_byte(gen + 1), Release);
@@ -132,13 +148,30 @@ fn concurrent(my_sp: usize) -> Option<u64> {
         return None;
     };
     m.set_black_gen(gen + 1);
+    let t_marker = os::now_ns();
     // SAFETY: the world is stopped.
     unsafe { cache::for_each_tiny_block(|b| m.mark_word(b)) };
+    let t_tiny = os::now_ns();
     // The stack pointers now: the concurrent pass scans stacks from there
     // (a head start; termination rescans them from where they are then).
     let sps = StackPointers::new(my_sp);
+    let t_sps = os::now_ns();
     stop::restart_world();
-    super::SWEEP_TERM_PAUSES.record(os::now_ns() - t0);
+    super::SWEEP_TERM_PAUSES.record(t_sps - t0);
+    if super::DEBUG_PAUSES.load(Relaxed) {
+        let (tid, ns, deferred) = stop::slowest_of_last_stop();
+        fatal::warn(format_args!(
+            "sweep termination: {} µs (stop {}, marker {}, tiny {}, sps {}; restarting took {}); slowest thread {tid} stopped after {} µs{}",
+            (t_sps - t0) / 1000,
+            (t_stopped - t0) / 1000,
+            (t_marker - t_stopped) / 1000,
+            (t_tiny - t_marker) / 1000,
+            (t_sps - t_tiny) / 1000,
+            (os::now_ns() - t_sps) / 1000,
+            ns / 1000,
+            if deferred { " (was inside the allocator)" } else { "" }
+        ));
+    }
 
     // Mark with the world running: root mappings (copied: the program may
     // unmap them), then the heap. Stacks wait for termination.
@@ -174,18 +207,19 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     // first termination attempt finds only the latest writes rather than
     // everything written during a mark of the whole heap.
     let mut prev_pages: Option<usize> = None;
+    let mut ns_per_page = NS_PER_PAGE;
     for _ in 0..MAX_PRECLEAN {
         runs.clear();
-        let Some(pages) = dirty::collect_written(&mut |a, n| runs.push(&mut m, a, n * 4096)) else {
+        if dirty::collect_written(&mut |a, n| runs.push(&mut m, a, n * 4096)).is_none() {
             break;
-        };
-        runs.scan(&mut m);
-        m.drain();
+        }
+        let pages = runs.scannable;
+        runs.scan_timed(&mut m, &mut ns_per_page);
         dirty_pages += pages as u64;
         C.precleaned_pages.fetch_add(pages as u64, Relaxed);
         let stalled = prev_pages.is_some_and(|p| pages >= p - p / 4);
         prev_pages = Some(pages);
-        if pages as u64 * NS_PER_PAGE <= budget || stalled {
+        if pages as u64 * ns_per_page <= budget || stalled {
             break;
         }
         if throttle.is_none() {
@@ -210,16 +244,27 @@ fn concurrent(my_sp: usize) -> Option<u64> {
         dirty::set_scan_end(heap::committed_end());
         let pages = dirty::collect_written(&mut |a, n| runs.push(&mut m, a, n * 4096));
         if super::DEBUG_PAUSES.load(Relaxed) {
+            let (tid, ns, deferred) = stop::slowest_of_last_stop();
             fatal::warn(format_args!(
-                "termination round {rounds}: stop {} µs, roots {} µs, drain {} µs, collect written pages {} µs ({:?} pages)",
+                "slowest thread {tid} stopped after {} µs{}",
+                ns / 1000,
+                if deferred {
+                    " (was inside the allocator)"
+                } else {
+                    ""
+                }
+            ));
+            fatal::warn(format_args!(
+                "termination round {rounds}: stop {} µs, roots {} µs, drain {} µs, collect written pages {} µs ({:?} pages, {} to scan)",
                 (t_stopped - t) / 1000,
                 (t_roots - t_stopped) / 1000,
                 (t_drain - t_roots) / 1000,
                 (os::now_ns() - t_drain) / 1000,
-                pages
+                pages,
+                runs.scannable
             ));
         }
-        let Some(pages) = pages else {
+        let Some(_) = pages else {
             // The tracker failed: rescan every object, world stopped.
             m.scan_written(heap::range().0, heap::committed_end());
             m.drain();
@@ -230,6 +275,7 @@ fn concurrent(my_sp: usize) -> Option<u64> {
             }
             break;
         };
+        let pages = runs.scannable;
         dirty_pages += pages as u64;
         let spent = os::now_ns() - t;
         // Another round is skipped when it would buy little: the written
@@ -239,7 +285,7 @@ fn concurrent(my_sp: usize) -> Option<u64> {
         // each rescanning its whole heap, for a pause of a few ms either
         // way). A long pause is always worth more rounds (at 1 GiB, stopping
         // at the first stalled round made a 2 s pause out of 120 ms).
-        let estimate = spent + pages as u64 * NS_PER_PAGE;
+        let estimate = spent + pages as u64 * ns_per_page;
         let stalled = prev_pages.is_some_and(|p| pages >= p - p / 4);
         prev_pages = Some(pages);
         if rounds < MAX_ROUNDS
@@ -251,16 +297,23 @@ fn concurrent(my_sp: usize) -> Option<u64> {
             if throttle.is_none() {
                 throttle = Some(super::Throttle::on());
             }
-            stop::restart_world();
             super::MARK_TERM_PAUSES.record(os::now_ns() - t);
+            stop::restart_world();
             let tc = os::now_ns();
-            runs.scan(&mut m);
-            m.drain();
+            runs.scan_timed(&mut m, &mut ns_per_page);
             conc_ns += os::now_ns() - tc;
             continue;
         }
+        let t_scan = os::now_ns();
         runs.scan(&mut m);
         m.drain();
+        if super::DEBUG_PAUSES.load(Relaxed) {
+            fatal::warn(format_args!(
+                "final rescan: {pages} pages in {} µs (estimated {} ns a page)",
+                (os::now_ns() - t_scan) / 1000,
+                ns_per_page
+            ));
+        }
         finish_termination(maps_ok, t);
         if !maps_ok {
             return roots_unreadable();
@@ -288,8 +341,8 @@ fn finish_termination(maps_ok: bool, t: u64) {
             (os::now_ns() - t1) / 1000
         ));
     }
-    stop::restart_world();
     let pause = os::now_ns() - t;
+    stop::restart_world();
     super::MARK_TERM_PAUSES.record(pause);
     C.termination_ns.fetch_add(pause, Relaxed);
 }
@@ -436,6 +489,8 @@ fn frees_own_memory() -> bool {
 struct RunBuffer {
     runs: *mut (usize, usize),
     len: usize,
+    /// Pages of the runs pushed since `clear` that hold objects to scan.
+    scannable: usize,
 }
 
 const RUNS: usize = 1 << 16;
@@ -448,14 +503,20 @@ impl RunBuffer {
             p = os::map_owned(RUNS * 16) as *mut (usize, usize);
             RUN_MEM.store(p as usize, Relaxed);
         }
-        RunBuffer { runs: p, len: 0 }
+        RunBuffer {
+            runs: p,
+            len: 0,
+            scannable: 0,
+        }
     }
 
     fn clear(&mut self) {
         self.len = 0;
+        self.scannable = 0;
     }
 
     fn push(&mut self, m: &mut mark::Marker, addr: usize, bytes: usize) {
+        self.scannable += mark::Marker::scannable_pages(addr, addr + bytes);
         if self.runs.is_null() || self.len == RUNS {
             m.scan_written(addr, addr + bytes);
             return;
@@ -472,6 +533,17 @@ impl RunBuffer {
             m.scan_written(a, a + n);
         }
         self.len = 0;
+    }
+
+    /// [`RunBuffer::scan`] and drain, updating `ns_per_page` from the time
+    /// it took when there were enough pages to say.
+    fn scan_timed(&mut self, m: &mut mark::Marker, ns_per_page: &mut u64) {
+        let t = os::now_ns();
+        self.scan(m);
+        m.drain();
+        if self.scannable >= 64 {
+            *ns_per_page = ((os::now_ns() - t) / self.scannable as u64).max(NS_PER_PAGE);
+        }
     }
 }
 

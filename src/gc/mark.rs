@@ -8,6 +8,15 @@
 //! an overflow flag set; the drain then rescans the heap for marked objects
 //! and scans them again until no push was dropped, so a deep or wide graph
 //! never crashes the collector.
+//!
+//! Each candidate word goes through a short software pipeline before it is
+//! marked ([`Marker::mark_word`]): its page-map entry is prefetched, then,
+//! PIPE words later, its span record, then its slot-state byte and mark
+//! word, and only then is it marked. A word pointing at a random object of a
+//! large heap misses the cache three times in a row (page map, record, slot
+//! metadata); without the pipeline those misses were serial, and rescanning
+//! a 4 KiB page of such pointers took 12–20 µs at 1 GiB. The pipeline is
+//! flushed by [`Marker::drain`], so a mark is late by a few words, never lost.
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -54,6 +63,58 @@ pub struct Marker {
     /// (their contents may not be initialised yet; what they hold is found
     /// on the written pages at mark termination).
     black_gen: Option<u32>,
+    /// The lookup pipeline: words whose page-map entry was prefetched (a),
+    /// then whose span record was (b), then whose slot metadata was (c).
+    pipe_a: Ring<usize>,
+    pipe_b: Ring<(usize, *const span::Span)>,
+    pipe_c: Ring<(usize, *const span::Span)>,
+}
+
+/// Depth of each stage of the lookup pipeline (a power of two).
+const PIPE: usize = 8;
+
+/// A tiny FIFO of pipeline entries.
+struct Ring<T: Copy> {
+    buf: [T; PIPE],
+    head: usize,
+    len: usize,
+}
+
+impl<T: Copy> Ring<T> {
+    const fn new(fill: T) -> Ring<T> {
+        Ring {
+            buf: [fill; PIPE],
+            head: 0,
+            len: 0,
+        }
+    }
+
+    /// Appends `v`; if the ring was full, first takes out and returns the oldest.
+    #[inline(always)]
+    fn push_evict(&mut self, v: T) -> Option<T> {
+        let out = if self.len == PIPE {
+            let o = self.buf[self.head];
+            self.head = (self.head + 1) % PIPE;
+            self.len -= 1;
+            Some(o)
+        } else {
+            None
+        };
+        self.buf[(self.head + self.len) % PIPE] = v;
+        self.len += 1;
+        out
+    }
+
+    #[inline(always)]
+    fn pop(&mut self) -> Option<T> {
+        if self.len == 0 {
+            return None;
+        }
+        let o = self.buf[self.head];
+        self.head = (self.head + 1) % PIPE;
+        self.len -= 1;
+        Some(o)
+    }
 }
 
 static STACK: AtomicU64 = AtomicU64::new(0);
@@ -87,6 +148,9 @@ impl Marker {
             peak: 0,
             explain: crate::debug::explained().map_or((0, 0), object_bounds),
             black_gen: None,
+            pipe_a: Ring::new(0),
+            pipe_b: Ring::new((0, core::ptr::null())),
+            pipe_c: Ring::new((0, core::ptr::null())),
         })
     }
 
@@ -112,17 +176,70 @@ impl Marker {
         self.peak = self.peak.max(self.len);
     }
 
-    /// Marks the object `v` points into, if any.
+    /// Marks the object `v` points into, if any: sends `v` down the lookup
+    /// pipeline (see the module docs); it is marked a few words later, or at
+    /// the latest by the next [`Marker::drain`].
     #[inline]
     pub fn mark_word(&mut self, v: usize) {
         if v.wrapping_sub(self.heap_lo) >= self.heap_hi - self.heap_lo {
             return;
         }
+        prefetch(heap::page_map_entry_addr(v));
+        if let Some(a) = self.pipe_a.push_evict(v) {
+            self.stage_b(a);
+        }
+    }
+
+    /// Second stage: the page-map entry is (probably) cached; look the span
+    /// up and prefetch its record.
+    #[inline(always)]
+    fn stage_b(&mut self, v: usize) {
         let s = heap::span_of(v);
         if s.is_null() {
             return;
         }
-        // SAFETY: span_of returns live in-use span records (the page map is exact).
+        prefetch(s as usize);
+        prefetch(s as usize + 64);
+        if let Some((w, t)) = self.pipe_b.push_evict((v, s)) {
+            self.stage_c(w, t);
+        }
+    }
+
+    /// Third stage: the record is (probably) cached; prefetch the slot's
+    /// state byte and mark word.
+    #[inline(always)]
+    fn stage_c(&mut self, v: usize, s: *const span::Span) {
+        // SAFETY: records are type-stable; a stale one only misdirects a prefetch.
+        let sp = unsafe { &*s };
+        if matches!(sp.state.load(Relaxed), span::SMALL | span::TINY) {
+            let i = sp.slot_of(v);
+            prefetch(sp.alloc as usize + i);
+            prefetch(sp.marks as usize + i / 64 * 8);
+        }
+        if let Some((w, t)) = self.pipe_c.push_evict((v, s)) {
+            self.mark_now(w, t);
+        }
+    }
+
+    /// Sends every word still in the pipeline through to its mark.
+    fn flush_pipe(&mut self) {
+        while let Some(v) = self.pipe_a.pop() {
+            self.stage_b(v);
+        }
+        while let Some((v, s)) = self.pipe_b.pop() {
+            self.stage_c(v, s);
+        }
+        while let Some((v, s)) = self.pipe_c.pop() {
+            self.mark_now(v, s);
+        }
+    }
+
+    /// Marks the object `v` points into in span `s` (in use when looked up),
+    /// if it is an allocated slot.
+    #[inline(always)]
+    fn mark_now(&mut self, v: usize, s: *const span::Span) {
+        // SAFETY: span records are type-stable and, while marking, never
+        // released (the state is checked again here).
         let sp = unsafe { &*s };
         match sp.state.load(Relaxed) {
             span::SMALL | span::TINY => {
@@ -226,6 +343,34 @@ impl Marker {
         ok
     }
 
+    /// The pages of `[lo, hi)` that [`Marker::scan_written`] would read:
+    /// those of in-use spans that may hold pointers (a written page of a free
+    /// or pointer-free span costs a span lookup, not a scan).
+    pub fn scannable_pages(lo: usize, hi: usize) -> usize {
+        let mut addr = lo;
+        let mut pages = 0;
+        while addr < hi {
+            let s = heap::span_of(addr);
+            if s.is_null() {
+                addr = (addr & !(PAGE_SIZE - 1)) + PAGE_SIZE;
+                continue;
+            }
+            // SAFETY: live span record (spans are not released while marking).
+            let sp = unsafe { &*s };
+            let end = sp.end().min(hi);
+            let in_use = match sp.state.load(Relaxed) {
+                span::SMALL => true,
+                span::LARGE => span::is_allocated(sp.large_alloc.load(Relaxed)),
+                _ => false,
+            };
+            if in_use && !sp.noscan {
+                pages += (end - addr).div_ceil(4096);
+            }
+            addr = end;
+        }
+        pages
+    }
+
     /// Mark termination of a concurrent cycle: rescans what the program may
     /// have written since its pages were protected, `[lo, hi)` of the heap:
     /// the allocated objects overlapping it, clipped to it (noscan spans and
@@ -286,6 +431,10 @@ impl Marker {
     pub fn drain(&mut self) {
         loop {
             self.drain_prefetching();
+            self.flush_pipe();
+            if self.len > 0 {
+                continue;
+            }
             if !self.overflowed {
                 return;
             }

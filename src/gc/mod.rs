@@ -512,6 +512,7 @@ struct Counters {
     throttled_ns: AtomicU64,
     throttled_rounds: AtomicU64,
     precleaned_pages: AtomicU64,
+    protect_ns: AtomicU64,
     root_scan_ns: AtomicU64,
     heap_mark_ns: AtomicU64,
     termination_ns: AtomicU64,
@@ -539,6 +540,7 @@ static C: Counters = Counters {
     throttled_ns: AtomicU64::new(0),
     throttled_rounds: AtomicU64::new(0),
     precleaned_pages: AtomicU64::new(0),
+    protect_ns: AtomicU64::new(0),
     root_scan_ns: AtomicU64::new(0),
     heap_mark_ns: AtomicU64::new(0),
     termination_ns: AtomicU64::new(0),
@@ -611,6 +613,9 @@ pub struct GcStats {
     /// Written pages rescanned with the world running before the first
     /// termination attempt (precleaning; included in `dirty_pages`).
     pub precleaned_pages: u64,
+    /// Time the collector thread spent write-protecting the heap when marking
+    /// began and unprotecting it when marking ended (world running).
+    pub protect_ns: u64,
 }
 
 /// Cycles completed (without computing the rest of [`stats`]).
@@ -647,6 +652,7 @@ pub fn stats() -> GcStats {
         throttled_rounds: C.throttled_rounds.load(Relaxed),
         throttled_ns: C.throttled_ns.load(Relaxed),
         precleaned_pages: C.precleaned_pages.load(Relaxed),
+        protect_ns: C.protect_ns.load(Relaxed),
         root_scan_ns: C.root_scan_ns.load(Relaxed),
         heap_mark_ns: C.heap_mark_ns.load(Relaxed),
         termination_ns: C.termination_ns.load(Relaxed),
