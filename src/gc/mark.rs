@@ -66,12 +66,18 @@ pub struct Marker {
     /// The lookup pipeline: words whose page-map entry was prefetched (a),
     /// then whose span record was (b), then whose slot metadata was (c).
     pipe_a: Ring<usize>,
+    /// Whether words go through the pipeline: only when the heap is larger
+    /// than the caches, where its lookups miss (on a heap of a few MiB the
+    /// pipeline only adds instructions).
+    pipelined: bool,
     pipe_b: Ring<(usize, *const span::Span)>,
     pipe_c: Ring<(usize, *const span::Span)>,
 }
 
 /// Depth of each stage of the lookup pipeline (a power of two).
 const PIPE: usize = 8;
+/// Heap in use from which the marker pipelines its lookups.
+const PIPELINE_MIN_HEAP: usize = 64 << 20;
 
 /// A tiny FIFO of pipeline entries.
 struct Ring<T: Copy> {
@@ -149,6 +155,7 @@ impl Marker {
             explain: crate::debug::explained().map_or((0, 0), object_bounds),
             black_gen: None,
             pipe_a: Ring::new(0),
+            pipelined: heap::in_use_bytes() >= PIPELINE_MIN_HEAP,
             pipe_b: Ring::new((0, core::ptr::null())),
             pipe_c: Ring::new((0, core::ptr::null())),
         })
@@ -182,6 +189,13 @@ impl Marker {
     #[inline]
     pub fn mark_word(&mut self, v: usize) {
         if v.wrapping_sub(self.heap_lo) >= self.heap_hi - self.heap_lo {
+            return;
+        }
+        if !self.pipelined {
+            let s = heap::span_of(v);
+            if !s.is_null() {
+                self.mark_now(v, s);
+            }
             return;
         }
         prefetch(heap::page_map_entry_addr(v));
