@@ -165,6 +165,32 @@ macro_rules! stress_scenarios {
     };
 }
 
+/// The root scenarios with every marked word going through the marker's
+/// lookup pipeline (by default only on heaps of 64 MiB and more), stopped
+/// world and concurrent: a word left in the pipeline at the end of a drain
+/// would be an object freed while referenced.
+macro_rules! pipelined_scenarios {
+    ($($test:ident => $name:literal, $conc:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                run_scenario(
+                    $name,
+                    &[("MAGPIE_MARK_PIPELINE", "always"), ("MAGPIE_CONCURRENT", $conc)],
+                );
+            }
+        )*
+    };
+}
+
+pipelined_scenarios! {
+    pipelined_root_static_global => "static", "1",
+    pipelined_root_register_r15_of_spinning_thread => "register", "1",
+    pipelined_root_interior_pointer => "interior", "0",
+    pipelined_root_tail_of_million_node_list => "chain", "0",
+    pipelined_root_pthread_setspecific_slot => "setspecific", "1",
+}
+
 stress_scenarios! {
     stress_root_static_global => "static",
     stress_root_thread_local_of_sleeping_thread => "tls",

@@ -78,6 +78,8 @@ pub struct Marker {
 const PIPE: usize = 8;
 /// Heap in use from which the marker pipelines its lookups.
 const PIPELINE_MIN_HEAP: usize = 64 << 20;
+/// `MAGPIE_MARK_PIPELINE`: 0 auto (by heap size), 1 never, 2 always (tests).
+pub(super) static PIPELINE: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
 
 /// A tiny FIFO of pipeline entries.
 struct Ring<T: Copy> {
@@ -155,7 +157,11 @@ impl Marker {
             explain: crate::debug::explained().map_or((0, 0), object_bounds),
             black_gen: None,
             pipe_a: Ring::new(0),
-            pipelined: heap::in_use_bytes() >= PIPELINE_MIN_HEAP,
+            pipelined: match PIPELINE.load(Relaxed) {
+                1 => false,
+                2 => true,
+                _ => heap::in_use_bytes() >= PIPELINE_MIN_HEAP,
+            },
             pipe_b: Ring::new((0, core::ptr::null())),
             pipe_c: Ring::new((0, core::ptr::null())),
         })

@@ -153,6 +153,10 @@ pub fn init() -> bool {
         return false;
     }
     DEBUG_PAUSES.store(env::get_bool("MAGPIE_DEBUG_PAUSES", false), Relaxed);
+    mark::PIPELINE.store(
+        env::get_choice("MAGPIE_MARK_PIPELINE", &["auto", "never", "always"], 0) as u8,
+        Relaxed,
+    );
     PAUSE_TARGET_NS.store(
         env::get_u64("MAGPIE_PAUSE_TARGET_US", 500, 10, 10_000_000) * 1000,
         Relaxed,
