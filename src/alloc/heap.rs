@@ -47,6 +47,9 @@ static MAP: Map = Map {
 /// The end of the committed part of the heap (mirrors `Inner::committed_end`
 /// for lock-free readers).
 static COMMITTED_END: AtomicUsize = AtomicUsize::new(0);
+/// The end of the highest span ever handed out: pages beyond were never
+/// used (the heap grows upward in COMMIT_STEP chunks, used from the bottom).
+static USED_END: AtomicUsize = AtomicUsize::new(0);
 
 /// Pages held by in-use spans (mirrors `Inner::inuse_pages` for lock-free
 /// readers: the collector's pacer).
@@ -57,12 +60,18 @@ pub fn in_use_bytes() -> usize {
     INUSE_PAGES.load(Relaxed) * PAGE_SIZE
 }
 
-/// True if `addr` lies in memory the heap has committed (used or free).
 /// The end of the committed part of the heap reservation.
 pub fn committed_end() -> usize {
     COMMITTED_END.load(Relaxed)
 }
 
+/// The end of the part of the heap that ever held a span in use (at most
+/// [`committed_end`]): what the collector's dirty-page scans cover.
+pub fn used_end() -> usize {
+    USED_END.load(Relaxed)
+}
+
+/// True if `addr` lies in memory the heap has committed (used or free).
 pub fn is_committed(addr: usize) -> bool {
     addr >= MAP.base.load(Relaxed) && addr < COMMITTED_END.load(Relaxed)
 }
@@ -521,6 +530,7 @@ pub fn alloc_span(
             return (ptr::null_mut(), false);
         }
         set_pages(s as usize, (*s).base, npages);
+        USED_END.fetch_max((*s).end(), Relaxed);
         (s, needs_zero)
     }
 }
@@ -682,6 +692,7 @@ pub unsafe fn grow_in_place(s: *mut Span, npages: usize) -> bool {
         }
         (*s).npages = npages;
         set_pages(s as usize, old_end, extra);
+        USED_END.fetch_max((*s).end(), Relaxed);
     }
     true
 }

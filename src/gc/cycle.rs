@@ -75,7 +75,7 @@ pub(super) fn run(my_sp: usize) -> bool {
     C.sweep_ns.fetch_add(os::now_ns() - t_sweep, Relaxed);
     let heap_before = heap::in_use_bytes() as u64;
     let reclaimed_before = C.reclaimed_bytes.load(Relaxed);
-    dirty::set_scan_end(heap::committed_end());
+    dirty::set_scan_end(heap::used_end());
     let t_protect = os::now_ns();
     let marked = if super::concurrent_enabled() && dirty::start() {
         C.protect_ns.fetch_add(os::now_ns() - t_protect, Relaxed);
@@ -198,8 +198,9 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     let mut runs = RunBuffer::new();
     let mut rounds = 0;
     let mut dirty_pages = 0u64;
-    // Allocation is throttled from the first over-budget pass to the end of
-    // the cycle (dropped on every way out).
+    // Allocation is throttled while precleaning passes are over budget and
+    // from the first over-budget termination round to the end of the cycle
+    // (dropped on every way out).
     let mut throttle: Option<super::Throttle> = None;
 
     // Precleaning (CMS's): rescan the pages written during the mark so far,
@@ -219,7 +220,20 @@ fn concurrent(my_sp: usize) -> Option<u64> {
         C.precleaned_pages.fetch_add(pages as u64, Relaxed);
         let stalled = prev_pages.is_some_and(|p| pages >= p - p / 4);
         prev_pages = Some(pages);
-        if pages as u64 * ns_per_page <= budget || stalled {
+        if super::DEBUG_PAUSES.load(Relaxed) {
+            fatal::warn(format_args!(
+                "precleaning: {pages} pages to scan, {ns_per_page} ns a page{}",
+                if stalled { ", stalled" } else { "" }
+            ));
+        }
+        if pages as u64 * ns_per_page <= budget {
+            // Converged: no reason to hold allocation back any longer.
+            throttle = None;
+            break;
+        }
+        if stalled {
+            // The program writes as fast as passes rescan: keep it
+            // throttled into the termination rounds, which need it more.
             break;
         }
         if throttle.is_none() {
@@ -241,7 +255,7 @@ fn concurrent(my_sp: usize) -> Option<u64> {
         m.drain();
         let t_drain = os::now_ns();
         runs.clear();
-        dirty::set_scan_end(heap::committed_end());
+        dirty::set_scan_end(heap::used_end());
         let pages = dirty::collect_written(&mut |a, n| runs.push(&mut m, a, n * 4096));
         if super::DEBUG_PAUSES.load(Relaxed) {
             let (tid, ns, deferred) = stop::slowest_of_last_stop();

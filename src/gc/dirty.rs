@@ -46,7 +46,7 @@
 //! not protected), so a page dropped by MADV_DONTNEED, which removes its
 //! marker, is reported once, then protected by a marker. Such a page holds
 //! zeros, and the marker skips free spans anyway. Holes are protected too,
-//! which is why scans must stop at the heap's committed end: over a whole
+//! which is why scans must stop at the end of the heap's used part: over a whole
 //! 1 TiB reservation they would make 2 GiB of page tables (measured).
 //! `UFFDIO_WRITEPROTECT` is not used to protect, for the same reason.
 //!
@@ -1236,12 +1236,13 @@ fn source_code(s: Source) -> u8 {
 }
 
 /// Limits [`start`], [`collect_written`] and [`end`] to `[base, end)` of the
-/// range: the part in use (the heap's committed end). Call it before each;
+/// range: the part in use (the end of the heap's used part). Call it before each;
 /// memory beyond must not have been written. Scans protect holes with
 /// markers (page tables for them), so a scan of the whole reservation, which
 /// is what happens while this was never called, is for small ranges only.
 pub fn set_scan_end(end: usize) {
-    TRACKER.lock().scan_end = end;
+    // Never 0, which would mean the whole reservation.
+    TRACKER.lock().scan_end = end.max(1);
 }
 
 /// What [`init`] chose ([`Source::None`] before it ran).
