@@ -49,14 +49,27 @@ struct Table {
     n: AtomicUsize,
 }
 
-static TABLE: Table = Table {
-    tid: [const { AtomicI32::new(0) }; MAX_THREADS],
-    sp: [const { AtomicUsize::new(0) }; MAX_THREADS],
-    acked: [const { AtomicBool::new(false) }; MAX_THREADS],
-    ack_ns: [const { AtomicU64::new(0) }; MAX_THREADS],
-    deferred: [const { AtomicBool::new(false) }; MAX_THREADS],
-    n: AtomicUsize::new(0),
-};
+/// The table lives in a mapping of magpie's own, made by [`install_handler`]:
+/// as a static (360 KiB of libmagpie's bss) it was scanned as a root by
+/// every cycle, inside the pauses too.
+static TABLE_MEM: AtomicUsize = AtomicUsize::new(0);
+static TABLE: TableRef = TableRef;
+
+struct TableRef;
+
+impl core::ops::Deref for TableRef {
+    type Target = Table;
+    #[inline]
+    fn deref(&self) -> &Table {
+        let p = TABLE_MEM.load(Acquire) as *const Table;
+        if p.is_null() {
+            crate::sys::fatal::fatal("stop table used before install_handler", None);
+        }
+        // SAFETY: a zeroed mapping of size_of::<Table>() (all atomics, for
+        // which zero is valid), never unmapped.
+        unsafe { &*p }
+    }
+}
 
 thread_local! {
     /// Set by the handler when it finds the thread inside the allocator.
@@ -74,6 +87,13 @@ fn gettid() -> i32 {
 
 /// Installs the stop signal's handler (once, at collector start-up).
 pub fn install_handler() -> bool {
+    if TABLE_MEM.load(Acquire) == 0 {
+        let p = os::map_owned(core::mem::size_of::<Table>());
+        if p.is_null() {
+            return false;
+        }
+        TABLE_MEM.store(p as usize, Release);
+    }
     // SAFETY: a zeroed sigaction is valid; we fill handler, flags and mask.
     unsafe {
         let mut sa: libc::sigaction = core::mem::zeroed();
