@@ -315,6 +315,52 @@ scenario!(leaked_memory_is_reclaimed_and_rss_bounded, &[], {
     assert!(rss < 256 << 20, "RSS grew to {} MiB", rss >> 20);
 });
 
+/// Keeps `live_mib` MiB of 8 KiB buffers live, replacing each 50 times,
+/// with two freed temporaries per allocation (as programs that manage their
+/// memory do); returns the cycles run.
+fn churn_freeing(live_mib: usize) -> u64 {
+    let n = live_mib * 128;
+    let mut live: Vec<Vec<u8>> = Vec::with_capacity(n);
+    for round in 0..50u8 {
+        for i in 0..n {
+            std::hint::black_box(vec![round; 4096]);
+            std::hint::black_box(vec![round; 2048]);
+            let v = vec![round; 8192];
+            if round == 0 {
+                live.push(v);
+            } else {
+                live[i] = v;
+            }
+        }
+    }
+    assert!(live.iter().all(|v| v[8191] == 49));
+    magpie::stats().gc.cycles
+}
+
+scenario!(
+    a_small_heap_that_frees_its_memory_runs_no_cycle,
+    &[("MAGPIE_CONCURRENT", "0")],
+    {
+        // 8 MiB live, 700 MiB allocated and freed: the pacer's first cycle
+        // would come at 4 MiB (1 cycle seen without the rule); a program
+        // that frees at least half of what it allocates is left alone until
+        // its heap reaches 32 MiB.
+        let cycles = churn_freeing(8);
+        println!("{cycles} cycles");
+        assert_eq!(cycles, 0);
+    }
+);
+
+scenario!(
+    a_heap_past_32_mib_that_frees_its_memory_is_still_collected,
+    &[("MAGPIE_CONCURRENT", "0")],
+    {
+        let cycles = churn_freeing(40);
+        println!("{cycles} cycles");
+        assert!(cycles >= 1);
+    }
+);
+
 scenario!(
     growth_of_live_data_backs_the_pacer_off,
     &[("MAGPIE_CONCURRENT", "0")],

@@ -476,25 +476,8 @@ fn finish(heap_before: u64, marked: u64, reclaimed_before: u64) {
         marked,
         after,
         reclaimed * 8 >= heap_before,
-        frees_own_memory(),
+        super::frees_own_memory(true),
     );
-}
-
-/// Whether the program freed at least half of the objects it allocated since
-/// the last time this was asked (the last cycle): it manages its memory
-/// itself, and needs the collector only for what it leaks.
-fn frees_own_memory() -> bool {
-    use core::sync::atomic::AtomicU64;
-    static LAST: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
-    let mut allocs = crate::alloc::LARGE_ALLOCS.load(Relaxed);
-    let mut frees = crate::alloc::LARGE_FREES.load(Relaxed);
-    cache::for_each_op_count(|_, a, f| {
-        allocs += a;
-        frees += f;
-    });
-    let da = allocs.saturating_sub(LAST[0].swap(allocs, Relaxed));
-    let df = frees.saturating_sub(LAST[1].swap(frees, Relaxed));
-    df * 2 >= da
 }
 
 /// The written runs of one termination attempt, kept so that they can be
