@@ -367,27 +367,17 @@ impl Marker {
     /// those of in-use spans that may hold pointers (a written page of a free
     /// or pointer-free span costs a span lookup, not a scan).
     pub fn scannable_pages(lo: usize, hi: usize) -> usize {
-        let mut addr = lo;
         let mut pages = 0;
-        while addr < hi {
-            let s = heap::span_of(addr);
-            if s.is_null() {
-                addr = (addr & !(PAGE_SIZE - 1)) + PAGE_SIZE;
-                continue;
-            }
-            // SAFETY: live span record (spans are not released while marking).
-            let sp = unsafe { &*s };
-            let end = sp.end().min(hi);
+        for_each_scannable_part(lo, hi, |sp, from, end| {
             let in_use = match sp.state.load(Relaxed) {
                 span::SMALL => true,
                 span::LARGE => span::is_allocated(sp.large_alloc.load(Relaxed)),
                 _ => false,
             };
-            if in_use && !sp.noscan {
-                pages += (end - addr).div_ceil(4096);
+            if in_use {
+                pages += (end - from).div_ceil(4096);
             }
-            addr = end;
-        }
+        });
         pages
     }
 
@@ -396,37 +386,23 @@ impl Marker {
     /// the allocated objects overlapping it, clipped to it (noscan spans and
     /// free slots skipped).
     pub fn scan_written(&mut self, lo: usize, hi: usize) {
-        let mut addr = lo;
-        while addr < hi {
-            let s = heap::span_of(addr);
-            if s.is_null() {
-                addr = (addr & !(PAGE_SIZE - 1)) + PAGE_SIZE;
-                continue;
-            }
-            // SAFETY: live span record (spans are not released while marking).
-            let sp = unsafe { &*s };
-            let end = sp.end().min(hi);
-            if !sp.noscan {
-                match sp.state.load(Relaxed) {
-                    span::SMALL => {
-                        let size = sp.elemsize as usize;
-                        let mut i = sp.slot_of(addr);
-                        while i < sp.nelems as usize && sp.slot_addr(i) < end {
-                            if span::is_allocated(sp.slot_state(i).load(Relaxed)) {
-                                let a = sp.slot_addr(i);
-                                self.scan_range(a.max(addr), (a + size).min(end));
-                            }
-                            i += 1;
-                        }
+        for_each_scannable_part(lo, hi, |sp, addr, end| match sp.state.load(Relaxed) {
+            span::SMALL => {
+                let size = sp.elemsize as usize;
+                let mut i = sp.slot_of(addr);
+                while i < sp.nelems as usize && sp.slot_addr(i) < end {
+                    if span::is_allocated(sp.slot_state(i).load(Relaxed)) {
+                        let a = sp.slot_addr(i);
+                        self.scan_range(a.max(addr), (a + size).min(end));
                     }
-                    span::LARGE if span::is_allocated(sp.large_alloc.load(Relaxed)) => {
-                        self.scan_range(addr, end);
-                    }
-                    _ => {}
+                    i += 1;
                 }
             }
-            addr = end;
-        }
+            span::LARGE if span::is_allocated(sp.large_alloc.load(Relaxed)) => {
+                self.scan_range(addr, end);
+            }
+            _ => {}
+        });
     }
 
     #[cold]
@@ -538,6 +514,26 @@ impl Marker {
                 _ => {}
             }
         }
+    }
+}
+
+/// Calls `f(span, from, end)` for each part `[from, end)` of `[lo, hi)` that
+/// lies in a span that may hold pointers (its state is `f`'s to check).
+fn for_each_scannable_part(lo: usize, hi: usize, mut f: impl FnMut(&span::Span, usize, usize)) {
+    let mut addr = lo;
+    while addr < hi {
+        let s = heap::span_of(addr);
+        if s.is_null() {
+            addr = (addr & !(PAGE_SIZE - 1)) + PAGE_SIZE;
+            continue;
+        }
+        // SAFETY: live span record (spans are not released while marking).
+        let sp = unsafe { &*s };
+        let end = sp.end().min(hi);
+        if !sp.noscan {
+            f(sp, addr, end);
+        }
+        addr = end;
     }
 }
 
