@@ -2296,32 +2296,7 @@ mod tests {
         let mut t = uffd(r.base, r.len).unwrap();
         assert!(t.start());
         let pm = t.pagemap;
-        let one = move |lo: usize, hi: usize| {
-            let mut vec = vec![
-                abi::PageRegion {
-                    start: 0,
-                    end: 0,
-                    categories: 0
-                };
-                4096
-            ];
-            let mut arg = abi::PmScanArg {
-                size: 96,
-                flags: abi::PM_SCAN_WP_MATCHING | abi::PM_SCAN_CHECK_WPASYNC,
-                start: lo as u64,
-                end: hi as u64,
-                walk_end: 0,
-                vec: vec.as_mut_ptr() as u64,
-                vec_len: 4096,
-                max_pages: 0,
-                category_inverted: 0,
-                category_mask: abi::PAGE_IS_WRITTEN,
-                category_anyof_mask: 0,
-                return_mask: abi::PAGE_IS_WRITTEN,
-            };
-            // SAFETY: a scan of our own registered range into our vector.
-            unsafe { libc::ioctl(pm, abi::PAGEMAP_SCAN as _, &mut arg) }
-        };
+        let one = move |lo: usize, hi: usize| raw_scan(pm, lo, hi, 0, Some(&mut region_vec()));
         for _ in 0..3 {
             let t0 = Instant::now();
             one(r.base, r.base + r.len);
@@ -2351,39 +2326,10 @@ mod tests {
         let r = Region::touched(pages);
         let mut t = uffd(r.base, r.len).unwrap();
         assert!(t.start());
-        let mut vec = vec![
-            abi::PageRegion {
-                start: 0,
-                end: 0,
-                categories: 0
-            };
-            4096
-        ];
-        let mut run = |anyof: u64, base: usize, len: usize| -> (u64, u128) {
-            let mut arg = abi::PmScanArg {
-                size: 96,
-                flags: abi::PM_SCAN_WP_MATCHING | abi::PM_SCAN_CHECK_WPASYNC,
-                start: base as u64,
-                end: (base + len) as u64,
-                walk_end: 0,
-                vec: vec.as_mut_ptr() as u64,
-                vec_len: 4096,
-                max_pages: 0,
-                category_inverted: 0,
-                category_mask: abi::PAGE_IS_WRITTEN,
-                category_anyof_mask: anyof,
-                return_mask: abi::PAGE_IS_WRITTEN,
-            };
-            let t0 = Instant::now();
-            // SAFETY: a scan of our own registered range into our vector.
-            let n = unsafe { libc::ioctl(t.pagemap, abi::PAGEMAP_SCAN as _, &mut arg) };
-            let us = t0.elapsed().as_micros();
-            assert!(n >= 0);
-            let p: u64 = vec[..n as usize]
-                .iter()
-                .map(|r| (r.end - r.start) / 4096)
-                .sum();
-            (p, us)
+        let mut vec = region_vec();
+        let mut run = |anyof: u64, base: usize, len: usize| {
+            let (d, p) = raw_scan_pages(t.pagemap, base, base + len, anyof, Some(&mut vec));
+            (p, d.as_micros())
         };
         let slow = abi::PAGE_IS_PRESENT | abi::PAGE_IS_SWAPPED;
         for k in 0..3 {
@@ -2407,35 +2353,9 @@ mod tests {
         r2.write(4095, 1);
         let mut t2 = uffd(r2.base, r2.len).unwrap();
         assert!(t2.start());
-        let mut vec = vec![
-            abi::PageRegion {
-                start: 0,
-                end: 0,
-                categories: 0
-            };
-            4096
-        ];
+        let mut vec = region_vec();
         for k in 0..3 {
-            let mut arg = abi::PmScanArg {
-                size: 96,
-                flags: abi::PM_SCAN_WP_MATCHING | abi::PM_SCAN_CHECK_WPASYNC,
-                start: r2.base as u64,
-                end: (r2.base + r2.len) as u64,
-                walk_end: 0,
-                vec: vec.as_mut_ptr() as u64,
-                vec_len: 4096,
-                max_pages: 0,
-                category_inverted: 0,
-                category_mask: abi::PAGE_IS_WRITTEN,
-                category_anyof_mask: 0,
-                return_mask: abi::PAGE_IS_WRITTEN,
-            };
-            // SAFETY: as above.
-            let n = unsafe { libc::ioctl(t2.pagemap, abi::PAGEMAP_SCAN as _, &mut arg) };
-            let p: u64 = vec[..n.max(0) as usize]
-                .iter()
-                .map(|r| (r.end - r.start) / 4096)
-                .sum();
+            let (_, p) = raw_scan_pages(t2.pagemap, r2.base, r2.base + r2.len, 0, Some(&mut vec));
             println!("fast path over 4094 none ptes, collect {k}: {p} pages reported");
             // Read a none page (maps the zero page) and drop one with DONTNEED.
             if k == 0 {
@@ -2534,10 +2454,23 @@ mod tests {
         anyof: u64,
         vec: Option<&mut Vec<abi::PageRegion>>,
     ) -> std::time::Duration {
-        let (v, n) = match vec {
+        raw_scan_pages(pagemap, lo, hi, anyof, vec).0
+    }
+
+    /// A protecting scan of `[lo, hi)` with the masks WRITTEN and `anyof`:
+    /// its time and the pages it reported (0 without an output vector).
+    fn raw_scan_pages(
+        pagemap: i32,
+        lo: usize,
+        hi: usize,
+        anyof: u64,
+        mut vec: Option<&mut Vec<abi::PageRegion>>,
+    ) -> (std::time::Duration, usize) {
+        let (v, n) = match vec.as_deref_mut() {
             Some(v) => (v.as_mut_ptr() as u64, v.len() as u64),
             None => (0, 0),
         };
+        let mut pages = 0;
         let mut arg = abi::PmScanArg {
             size: 96,
             flags: abi::PM_SCAN_WP_MATCHING | abi::PM_SCAN_CHECK_WPASYNC,
@@ -2557,11 +2490,27 @@ mod tests {
             // SAFETY: our own registered range, our own vector.
             let r = unsafe { libc::ioctl(pagemap, abi::PAGEMAP_SCAN as _, &mut arg) };
             assert!(r >= 0, "errno {}", errno());
+            if let Some(v) = vec.as_deref() {
+                for g in &v[..r as usize] {
+                    pages += ((g.end - g.start) as usize) / PAGE;
+                }
+            }
             if arg.walk_end >= hi as u64 {
-                return t0.elapsed();
+                return (t0.elapsed(), pages);
             }
             arg.start = arg.walk_end;
         }
+    }
+
+    fn region_vec() -> Vec<abi::PageRegion> {
+        vec![
+            abi::PageRegion {
+                start: 0,
+                end: 0,
+                categories: 0
+            };
+            4096
+        ]
     }
 
     #[test]
