@@ -2287,10 +2287,13 @@ mod tests {
     #[test]
     #[ignore = "kernel experiment"]
     fn experiment_split_scan() {
-        // Session 4: two threads walking the halves of a 2 GiB range take
-        // 60% of a single walk each (they slow each other), 475-806 us ->
-        // 276-596 us per half on this VM; in the pause benchmark the
-        // termination's scan did not measurably shrink, so it stays single.
+        // Session 4: two threads walking the halves of a clean 2 GiB range
+        // take 50-60% of a single walk each. A termination scan split with
+        // a parked thread did not shrink with few written pages (505-575
+        // us either way), and with many it was 5x slower (35,000-70,000
+        // pages: 12-14 ms against 2.2-2.4 ms): re-protecting written pages
+        // from both CPUs makes each flush the other's TLB, where an idle
+        // CPU needs none. So the scan stays on the collector alone.
         let pages = (2usize << 30) / PAGE;
         let r = Region::touched(pages);
         let mut t = uffd(r.base, r.len).unwrap();
