@@ -304,7 +304,9 @@ fn cycle_due() -> bool {
     if in_use < goal {
         return false;
     }
-    if goal < SMALL_HEAP_DEFER && frees_own_memory(false) {
+    // Asked once per period: the answer sums every CPU's counters, and an
+    // allocating thread comes here on each slow path until the cycle starts.
+    if goal < SMALL_HEAP_DEFER && !DEFER_ASKED.swap(true, Relaxed) && frees_own_memory(false) {
         NEXT_GC.store(SMALL_HEAP_DEFER, Relaxed);
         return in_use >= SMALL_HEAP_DEFER;
     }
@@ -313,6 +315,8 @@ fn cycle_due() -> bool {
 
 /// Below this heap, cycles of programs that free their memory are put off.
 const SMALL_HEAP_DEFER: u64 = 8 * MIN_HEAP;
+/// Whether `cycle_due` asked `frees_own_memory` since the last cycle.
+static DEFER_ASKED: AtomicBool = AtomicBool::new(false);
 
 /// Whether the program freed at least half of the objects it allocated
 /// since the last cycle ended (`reset`: the caller is that end, and the
@@ -527,6 +531,7 @@ pub(crate) static MARK_TERM_PAUSES: PauseLog = PauseLog::new();
 /// program that relies on the collector keeps the plain pacing, as its
 /// all-live start-up (building a data structure) says nothing of later.
 fn set_next_goal(marked: u64, after: u64, productive: bool, frees_own: bool) {
+    DEFER_ASKED.store(false, Relaxed);
     let shift = if productive || !frees_own {
         0
     } else {
