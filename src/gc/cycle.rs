@@ -278,7 +278,7 @@ fn concurrent(my_sp: usize) -> Option<u64> {
                 runs.scannable
             ));
         }
-        let Some(_) = pages else {
+        if pages.is_none() {
             // The tracker failed: rescan every object, world stopped.
             m.scan_written(heap::range().0, heap::committed_end());
             m.drain();
@@ -288,7 +288,7 @@ fn concurrent(my_sp: usize) -> Option<u64> {
                 return roots_unreadable();
             }
             break;
-        };
+        }
         let pages = runs.scannable;
         dirty_pages += pages as u64;
         let spent = os::now_ns() - t;
