@@ -63,13 +63,13 @@ pub struct Marker {
     /// (their contents may not be initialised yet; what they hold is found
     /// on the written pages at mark termination).
     black_gen: Option<u32>,
-    /// The lookup pipeline: words whose page-map entry was prefetched (a),
-    /// then whose span record was (b), then whose slot metadata was (c).
-    pipe_a: Ring<usize>,
     /// Whether words go through the pipeline: only when the heap is larger
     /// than the caches, where its lookups miss (on a heap of a few MiB the
     /// pipeline only adds instructions).
     pipelined: bool,
+    /// The lookup pipeline: words whose page-map entry was prefetched (a),
+    /// then whose span record was (b), then whose slot metadata was (c).
+    pipe_a: Ring<usize>,
     pipe_b: Ring<(usize, *const span::Span)>,
     pipe_c: Ring<(usize, *const span::Span)>,
 }
@@ -156,12 +156,12 @@ impl Marker {
             peak: 0,
             explain: crate::debug::explained().map_or((0, 0), object_bounds),
             black_gen: None,
-            pipe_a: Ring::new(0),
             pipelined: match PIPELINE.load(Relaxed) {
                 1 => false,
                 2 => true,
                 _ => heap::in_use_bytes() >= PIPELINE_MIN_HEAP,
             },
+            pipe_a: Ring::new(0),
             pipe_b: Ring::new((0, core::ptr::null())),
             pipe_c: Ring::new((0, core::ptr::null())),
         })
