@@ -259,7 +259,10 @@ pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
             let _ = crate::gc::dirty::describe(&mut why);
             writeln!(
                 out,
-                "  marking     with the world stopped (dirty pages: {})",
+                "  marking     with the world stopped by {} marker{} (helpers marked {:.0} % of objects; dirty pages: {})",
+                g.markers,
+                if g.markers == 1 { "" } else { "s" },
+                g.helper_marked_objects as f64 * 100.0 / g.marked_objects.max(1) as f64,
                 core::str::from_utf8(why.as_bytes()).unwrap_or("?")
             )?;
         }
@@ -372,8 +375,8 @@ pub fn write_json(out: &mut dyn Write, s: &Stats) -> fmt::Result {
     pauses(out, "mark_termination", &g.mark_termination)?;
     write!(
         out,
-        ",\"concurrent_mark_ns\":{},\"rounds\":{},\"rounds_max\":{},\"dirty_pages\":{},\"dirty_pages_last\":{},\"dirty_failures\":{},\"mark_stack_peak\":{},\"throttled_rounds\":{},\"throttled_ns\":{},\"precleaned_pages\":{},\"protect_ns\":{},",
-        g.concurrent_mark_ns, g.rounds, g.rounds_max, g.dirty_pages, g.dirty_pages_last, g.dirty_failures, g.mark_stack_peak, g.throttled_rounds, g.throttled_ns, g.precleaned_pages, g.protect_ns
+        ",\"concurrent_mark_ns\":{},\"rounds\":{},\"rounds_max\":{},\"dirty_pages\":{},\"dirty_pages_last\":{},\"dirty_failures\":{},\"mark_stack_peak\":{},\"throttled_rounds\":{},\"throttled_ns\":{},\"precleaned_pages\":{},\"protect_ns\":{},\"markers\":{},\"marked_objects\":{},\"helper_marked_objects\":{},",
+        g.concurrent_mark_ns, g.rounds, g.rounds_max, g.dirty_pages, g.dirty_pages_last, g.dirty_failures, g.mark_stack_peak, g.throttled_rounds, g.throttled_ns, g.precleaned_pages, g.protect_ns, g.markers, g.marked_objects, g.helper_marked_objects
     )?;
     write!(
         out,

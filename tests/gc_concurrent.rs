@@ -576,7 +576,8 @@ fn userfaultfd_denied_by_seccomp_falls_back() {
     );
     assert!(stdout.contains("concurrent false"), "{stdout}");
     assert!(
-        stderr.contains("marking     with the world stopped (dirty pages: none (userfaultfd:"),
+        stderr.contains("marking     with the world stopped by ")
+            && stderr.contains("dirty pages: none (userfaultfd:"),
         "the fallback is not reported:\n{stderr}"
     );
 }

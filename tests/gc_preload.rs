@@ -90,6 +90,7 @@ scenarios! {
     root_pthread_setspecific_second_level_slot => "setspecific_2nd",
     root_tail_of_million_node_list => "chain",
     root_interior_pointer => "interior",
+    root_wide_tree_from_static => "tree",
 }
 
 /// The control for the root tests: 10,000 objects whose only copies are
@@ -181,6 +182,78 @@ macro_rules! pipelined_scenarios {
             }
         )*
     };
+}
+
+/// The root scenarios marked by a team of four (the collector and three
+/// helpers, `MAGPIE_MARKERS`) with the world stopped, alone and with a mark
+/// stack of 8 entries, which overflows on the tree: the markers' dropped
+/// pushes must be recovered (without the recovery the tree loses nodes).
+macro_rules! parallel_scenarios {
+    ($($test:ident => $name:literal, $stack:literal),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                run_scenario(
+                    $name,
+                    &[
+                        ("MAGPIE_MARKERS", "4"),
+                        ("MAGPIE_CONCURRENT", "0"),
+                        ("MAGPIE_DEBUG_MARK_STACK", $stack),
+                    ],
+                );
+            }
+        )*
+    };
+}
+
+parallel_scenarios! {
+    parallel_root_wide_tree_from_static => "tree", "16777216",
+    parallel_root_tail_of_million_node_list => "chain", "16777216",
+    parallel_root_thread_local_of_sleeping_thread => "tls", "16777216",
+    parallel_root_register_r15_of_spinning_thread => "register", "16777216",
+    parallel_root_interior_pointer => "interior", "16777216",
+    parallel_overflowing_root_wide_tree_from_static => "tree", "8",
+    parallel_overflowing_root_pthread_setspecific_slot => "setspecific", "8",
+    parallel_overflowing_root_static_global => "static", "8",
+}
+
+/// The helpers' own figures: on the wide tree they take part (they marked
+/// some of the objects), and `MAGPIE_STATS=json` says how many markers ran.
+#[test]
+fn parallel_helpers_mark_part_of_a_wide_tree() {
+    let (o, out) = spawn_scenario(
+        "tree",
+        &[
+            ("MAGPIE_MARKERS", "2"),
+            ("MAGPIE_CONCURRENT", "0"),
+            ("MAGPIE_STATS", "json"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && out.contains("OK tree"),
+        "{out}\n{err}"
+    );
+    let field = |name: &str| -> u64 {
+        let key = format!("\"{name}\":");
+        let at = err
+            .find(&key)
+            .unwrap_or_else(|| panic!("no {name} in {err}"))
+            + key.len();
+        err[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("bad {name} in {err}"))
+    };
+    assert_eq!(field("markers"), 2, "{err}");
+    let (all, helpers) = (field("marked_objects"), field("helper_marked_objects"));
+    // 30 cycles over the 131,071-node tree: each marks it whole.
+    assert!(all >= 30 * 131_071, "{err}");
+    assert!(
+        helpers > 0 && helpers < all,
+        "helpers marked {helpers} of {all}: {err}"
+    );
 }
 
 pipelined_scenarios! {

@@ -167,6 +167,13 @@ pub fn refill(sc: usize, out: &mut [Entry]) -> usize {
         let s = g.inner.partial.head;
         if s.is_null() {
             drop(g);
+            // Sweeping may free a span of this class or pages for a new one.
+            crate::gc::reclaim(sizeclass::pages_of_class(class_of_sc(sc)), sc);
+            g = lock(sc);
+            if !g.inner.partial.head.is_null() {
+                continue;
+            }
+            drop(g);
             let s = new_span(sc);
             g = lock(sc);
             if s.is_null() {
@@ -271,18 +278,45 @@ pub fn sweep(s: *mut Span, collect: bool) -> Swept {
     // SAFETY: s is a span record found through the page map (type-stable);
     // its class and state are re-checked under the class lock.
     let sc = unsafe { (*s).spanclass as usize };
+    let mut r = Swept::default();
     if sc < 2 || sc >= NUM_SPANCLASSES {
-        return Swept::default();
+        return r;
     }
-    let mut g = lock(sc);
-    // SAFETY: under the class lock the span cannot change class or state.
-    unsafe {
-        if !span::is_slotted((*s).state.load(Relaxed)) || (*s).spanclass as usize != sc {
-            return Swept::default();
+    // A chunk of slots at a time, the lock released in between: an
+    // allocating thread's refill of this class waits for one chunk, not a
+    // whole span. Between chunks the span is half swept, which is safe:
+    // nobody takes slots from an unswept span (refill sweeps it first), and
+    // sweeping a slot twice is a no-op (a freed slot is free, a marked one
+    // stays marked until the sweep that finishes the span clears the marks).
+    let mut from = 0;
+    loop {
+        let mut g = lock(sc);
+        // SAFETY: under the class lock the span cannot change class or state;
+        // a span finished (or recycled, born swept) meanwhile is left alone.
+        unsafe {
+            let sp = &mut *s;
+            let gen = crate::gc::sweepgen();
+            if !span::is_slotted(sp.state.load(Relaxed))
+                || sp.spanclass as usize != sc
+                || sp.sweepgen.load(Relaxed) == gen
+            {
+                return r;
+            }
+            let n = sp.nelems as usize;
+            let to = (from + SWEEP_CHUNK).min(n);
+            sweep_slots(sp, from, to, gen, collect, &mut r);
+            if to == n {
+                finish_sweep(&mut g, s, gen);
+                return r;
+            }
+            from = to;
         }
-        sweep_span_locked(&mut g, s, collect)
+        drop(g);
     }
 }
+
+/// Slots swept per hold of the class lock by [`sweep`].
+const SWEEP_CHUNK: usize = 128;
 
 fn sweep_locked(g: &mut Guard<'_>, s: *mut Span) {
     let collect = crate::gc::mode() == crate::gc::Mode::Collect;
@@ -301,9 +335,18 @@ unsafe fn sweep_span_locked(g: &mut Guard<'_>, s: *mut Span, collect: bool) -> S
     if sp.sweepgen.load(Relaxed) == gen {
         return r;
     }
+    sweep_slots(sp, 0, sp.nelems as usize, gen, collect, &mut r);
+    // SAFETY: the caller's contract.
+    unsafe { finish_sweep(g, s, gen) };
+    r
+}
+
+/// Sweeps slots `[from, to)` of `sp` for generation `gen` (class lock held),
+/// adding what it found to `r`.
+fn sweep_slots(sp: &mut Span, from: usize, to: usize, gen: u32, collect: bool, r: &mut Swept) {
     let size = sp.elemsize as usize;
-    let mut freed_any = false;
-    for i in 0..sp.nelems as usize {
+    let mut freed = 0;
+    for i in from..to {
         let st = sp.slot_state(i).load(Relaxed);
         // Free, marked, or allocated after the mark (allocate-black): not garbage.
         if !span::is_allocated(st) {
@@ -318,11 +361,7 @@ unsafe fn sweep_span_locked(g: &mut Guard<'_>, s: *mut Span, collect: bool) -> S
         if collect || span::is_managed(st) {
             sp.slot_state(i).store(span::SLOT_FREE, Relaxed);
             sp.put_slot(i);
-            r.objects += 1;
-            r.bytes += size as u64;
-            r.freed_objects += 1;
-            r.freed_bytes += size as u64;
-            freed_any = true;
+            freed += 1;
         } else {
             // A leak: counted the first time a cycle finds it.
             let bytes = match sp.site(i) {
@@ -335,31 +374,43 @@ unsafe fn sweep_span_locked(g: &mut Guard<'_>, s: *mut Span, collect: bool) -> S
             }
         }
     }
-    if r.freed_objects > 0 {
-        RECLAIMED[sp.spanclass as usize].fetch_add(r.freed_objects, Relaxed);
+    if freed > 0 {
+        r.objects += freed;
+        r.bytes += freed * size as u64;
+        r.freed_objects += freed;
+        r.freed_bytes += freed * size as u64;
+        RECLAIMED[sp.spanclass as usize].fetch_add(freed, Relaxed);
     }
+}
+
+/// Ends the sweep of `s` (all its slots swept, class lock held): clears the
+/// marks, stamps the generation, and releases the span if it is all free or
+/// puts it on the partial list if it has free slots.
+///
+/// # Safety
+/// `s` is a live small span of the locked class.
+unsafe fn finish_sweep(g: &mut Guard<'_>, s: *mut Span, gen: u32) {
+    // SAFETY: the caller's contract.
+    let sp = unsafe { &mut *s };
     sp.clear_marks();
     sp.sweepgen.store(gen, Relaxed);
-    // All free also covers spans emptied by frees during a concurrent mark,
-    // which were kept then.
-    if freed_any || sp.nfree == sp.nelems {
-        if sp.nfree == sp.nelems {
-            if sp.in_partial {
-                // SAFETY: on this class's list.
-                unsafe { g.inner.partial.remove(s) };
-                sp.in_partial = false;
-            }
-            g.inner.nspans -= 1;
-            SPANS_RELEASED.fetch_add(1, Relaxed);
-            // SAFETY: no slot of the span is out any more.
-            unsafe { heap::free_span(s) };
-        } else if !sp.in_partial {
-            sp.in_partial = true;
-            // SAFETY: not on any list.
-            unsafe { g.inner.partial.push(s) };
+    if sp.nfree == sp.nelems {
+        // All free: also spans emptied by frees during a concurrent mark,
+        // which were kept then.
+        if sp.in_partial {
+            // SAFETY: on this class's list.
+            unsafe { g.inner.partial.remove(s) };
+            sp.in_partial = false;
         }
+        g.inner.nspans -= 1;
+        SPANS_RELEASED.fetch_add(1, Relaxed);
+        // SAFETY: no slot of the span is out any more.
+        unsafe { heap::free_span(s) };
+    } else if sp.nfree > 0 && !sp.in_partial {
+        sp.in_partial = true;
+        // SAFETY: not on any list.
+        unsafe { g.inner.partial.push(s) };
     }
-    r
 }
 
 /// Empties the transfer caches into the spans (trim, and the collector's mark

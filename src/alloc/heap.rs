@@ -701,26 +701,35 @@ pub unsafe fn grow_in_place(s: *mut Span, npages: usize) -> bool {
 /// lock: spans may come and go meanwhile, so `f` must re-check what it is given
 /// under the lock that guards it (records are type-stable).
 pub fn for_each_span(mut f: impl FnMut(*mut Span)) {
-    let (base, _) = range();
-    let mut addr = base;
-    while addr < COMMITTED_END.load(Relaxed) {
-        let e = entry(addr).map(|e| e.load(Relaxed)).unwrap_or(0);
-        let s = (e & !FREE_TAG) as *mut Span;
-        if s.is_null() {
-            addr += PAGE_SIZE;
-            continue;
-        }
-        // SAFETY: page-map entries point at span records (type-stable).
-        let (b, end, st) = unsafe { ((*s).base, (*s).end(), (*s).state.load(Relaxed)) };
-        if b != addr || end <= addr {
-            addr += PAGE_SIZE;
-            continue;
-        }
-        if e & FREE_TAG == 0 && (span::is_slotted(st) || st == span::LARGE) {
+    let mut addr = range().0;
+    while let Some((s, next)) = next_span_from(addr) {
+        if let Some(s) = s {
             f(s);
         }
-        addr = end;
+        addr = next;
     }
+}
+
+/// One step of a walk over the in-use spans from page-aligned `addr` (the
+/// page map read without the heap lock, as in [`for_each_span`]): the span
+/// starting at `addr`, if an in-use one does, and where the walk goes on.
+/// None at the end of the committed heap.
+pub fn next_span_from(addr: usize) -> Option<(Option<*mut Span>, usize)> {
+    if addr >= COMMITTED_END.load(Relaxed) {
+        return None;
+    }
+    let e = entry(addr).map(|e| e.load(Relaxed)).unwrap_or(0);
+    let s = (e & !FREE_TAG) as *mut Span;
+    if s.is_null() {
+        return Some((None, addr + PAGE_SIZE));
+    }
+    // SAFETY: page-map entries point at span records (type-stable).
+    let (b, end, st) = unsafe { ((*s).base, (*s).end(), (*s).state.load(Relaxed)) };
+    if b != addr || end <= addr {
+        return Some((None, addr + PAGE_SIZE));
+    }
+    let in_use = e & FREE_TAG == 0 && (span::is_slotted(st) || st == span::LARGE);
+    Some((in_use.then_some(s), end))
 }
 
 /// Sweeps large span `s` for the cycle that just ended: an unmarked object is

@@ -229,6 +229,7 @@ fn alloc_large_inner(size: usize, align: usize, noscan: bool, zero: bool) -> *mu
         return ptr::null_mut();
     }
     let _g = guard::enter();
+    crate::gc::reclaim(npages, 0);
     let (s, needs_zero) = heap::alloc_span(npages, align.max(PAGE_SIZE), |s| {
         s.init_large(noscan);
         true

@@ -335,6 +335,19 @@ impl Span {
         true
     }
 
+    /// [`mark_slot`](Self::mark_slot) for markers working in parallel:
+    /// true for exactly one of them.
+    #[inline(always)]
+    pub fn mark_slot_atomic(&self, i: usize) -> bool {
+        let bit = 1u64 << (i % 64);
+        // SAFETY: i < nelems, within the mark bitmap.
+        let w = unsafe { &*self.marks.add(i / 64) };
+        if w.load(Relaxed) & bit != 0 {
+            return false;
+        }
+        w.fetch_or(bit, Relaxed) & bit == 0
+    }
+
     #[inline(always)]
     pub fn is_marked(&self, i: usize) -> bool {
         // SAFETY: i < nelems, within the mark bitmap.

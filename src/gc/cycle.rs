@@ -49,7 +49,7 @@
 
 use core::sync::atomic::Ordering::*;
 
-use super::{dirty, mark, roots, stop, Phase, ALLOC_TAG, C, CYCLE, PHASE, SWEEPGEN};
+use super::{dirty, mark, parallel, roots, stop, Phase, ALLOC_TAG, C, CYCLE, PHASE, SWEEPGEN};
 use crate::alloc::{cache, central, heap, span};
 use crate::sys::{fatal, os};
 
@@ -103,6 +103,7 @@ fn stop_the_world(my_sp: usize) -> Option<u64> {
     if !stop_or_abandon() {
         return None;
     }
+    let t_stopped = os::now_ns();
     PHASE.store(Phase::Mark as u8, Release);
     let Some(mut m) = mark::Marker::new() else {
         PHASE.store(Phase::Off as u8, Release);
@@ -110,20 +111,35 @@ fn stop_the_world(my_sp: usize) -> Option<u64> {
         C.abandoned.fetch_add(1, Relaxed);
         return None;
     };
+    let team = parallel::Team::begin(&mut m);
     let maps_ok = scan_roots_stopped(&mut m, my_sp);
     let t_roots = os::now_ns();
-    m.drain();
+    team.drain(&mut m);
     let t_mark = os::now_ns();
     terminate(maps_ok);
     // A pause ends when the world restarts: what the collector's thread
     // waits for a CPU after waking the others is not part of it.
     let t_end = os::now_ns();
     stop::restart_world();
+    if super::DEBUG_PAUSES.load(Relaxed) {
+        let (tid, ns, deferred) = stop::slowest_of_last_stop();
+        fatal::warn(format_args!(
+            "stop-the-world pause {} µs: stop {} µs (slowest thread {tid} after {} µs{}), roots {} µs, mark {} µs, termination {} µs",
+            (t_end - t0) / 1000,
+            (t_stopped - t0) / 1000,
+            ns / 1000,
+            if deferred { ", deferred" } else { "" },
+            (t_roots - t_stopped) / 1000,
+            (t_mark - t_roots) / 1000,
+            (t_end - t_mark) / 1000
+        ));
+    }
     C.root_scan_ns.fetch_add(t_roots - t0, Relaxed);
     C.heap_mark_ns.fetch_add(t_mark - t_roots, Relaxed);
     C.termination_ns.fetch_add(t_end - t_mark, Relaxed);
     super::MARK_TERM_PAUSES.record(t_end - t0);
     C.last_concurrent.store(false, Relaxed);
+    C.marked_objects.fetch_add(m.marked_objects, Relaxed);
     if !maps_ok {
         return roots_unreadable();
     }
@@ -451,6 +467,7 @@ fn terminate(maps_ok: bool) {
     if maps_ok {
         let g = SWEEPGEN.fetch_add(1, Release) + 1;
         ALLOC_TAG.store(span::alloc_byte(g), Release);
+        super::begin_sweep_pass();
     } else {
         clear_all_marks();
         ALLOC_TAG.store(span::alloc_byte(SWEEPGEN.load(Relaxed)), Release);
@@ -462,6 +479,7 @@ fn terminate(maps_ok: bool) {
 /// running (objects allocated from now on carry the new generation and are
 /// never swept by it), then statistics and pacing.
 fn finish(heap_before: u64, marked: u64, reclaimed_before: u64) {
+    super::note_mark_ended();
     heap::release_deferred();
     let t_s = os::now_ns();
     super::sweep_all();
@@ -561,7 +579,7 @@ impl StackPointers {
             overflow: false,
         };
         t.sps[0] = my_sp;
-        stop::for_each_stopped(|_, sp| {
+        let mut add = |sp: usize| {
             if sp != 0 {
                 if t.n < t.sps.len() {
                     t.sps[t.n] = sp;
@@ -570,7 +588,9 @@ impl StackPointers {
                     t.overflow = true;
                 }
             }
-        });
+        };
+        stop::for_each_stopped(|_, sp| add(sp));
+        parallel::for_each_helper_sp(&mut add);
         t.sps[..t.n].sort_unstable();
         t
     }

@@ -25,6 +25,10 @@ use crate::sys::os;
 
 /// Mark-stack capacity in entries (16 bytes each), reserved not committed.
 const STACK_ENTRIES: usize = 16 << 20;
+/// The capacity markers use: `STACK_ENTRIES`, or less with
+/// `MAGPIE_DEBUG_MARK_STACK` (tests of the overflow recovery).
+pub(super) static STACK_CAP: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(STACK_ENTRIES);
 /// Bytes of one object scanned before its children (see `drain_prefetching`).
 const SCAN_CHUNK: usize = 4096;
 
@@ -42,8 +46,21 @@ fn copy_buffer() -> *mut u8 {
     b
 }
 
+/// A mark-stack entry: an object (or a chunk of one) to scan, as (start, length).
+pub type Entry = (usize, usize);
+
+/// What a helper marker copies from the leader for a round of parallel marking.
+#[derive(Clone, Copy)]
+pub struct MarkerConfig {
+    heap_lo: usize,
+    heap_hi: usize,
+    black_gen: Option<u32>,
+    pipelined: bool,
+    explain: (usize, usize),
+}
+
 pub struct Marker {
-    stack: *mut (usize, usize),
+    stack: *mut Entry,
     len: usize,
     cap: usize,
     overflowed: bool,
@@ -72,6 +89,11 @@ pub struct Marker {
     pipe_a: Ring<usize>,
     pipe_b: Ring<(usize, *const span::Span)>,
     pipe_c: Ring<(usize, *const span::Span)>,
+    /// Marking in a team (`parallel`): mark bits are set atomically and work
+    /// is given to idle markers.
+    shared: bool,
+    /// Objects scanned since the last check for idle markers.
+    since_share_check: u32,
 }
 
 /// Depth of each stage of the lookup pipeline (a power of two).
@@ -125,46 +147,152 @@ impl<T: Copy> Ring<T> {
     }
 }
 
-static STACK: AtomicU64 = AtomicU64::new(0);
+/// The mark stacks (lazily mapped, reused): the leader's, then one per helper.
+static STACKS: [AtomicU64; super::parallel::MAX_MARKERS] =
+    [const { AtomicU64::new(0) }; super::parallel::MAX_MARKERS];
+
+/// Mark stack `i` (0 the leader's, then the helpers'), mapped on first use.
+/// Helpers map theirs when they start: a mapping made while the leader
+/// scans roots could be taken for a root.
+pub(super) fn mark_stack(i: usize) -> *mut Entry {
+    let mut base = STACKS[i].load(Relaxed) as *mut Entry;
+    if base.is_null() {
+        base = os::map_owned(STACK_ENTRIES * core::mem::size_of::<Entry>()).cast();
+        if !base.is_null() {
+            STACKS[i].store(base as u64, Relaxed);
+        }
+    }
+    base
+}
 
 impl Marker {
-    /// A marker with the (lazily mapped, reused) mark stack. None if the stack
-    /// cannot be mapped.
+    /// The collector's marker. None if its stack cannot be mapped.
     pub fn new() -> Option<Marker> {
-        let mut base = STACK.load(Relaxed) as *mut (usize, usize);
-        if base.is_null() {
-            base = os::map_owned(STACK_ENTRIES * 16) as *mut (usize, usize);
-            if base.is_null() {
-                return None;
-            }
-            STACK.store(base as u64, Relaxed);
-        }
         // Only the committed part of the reservation can hold objects (it
         // grows while a concurrent mark runs, so take it with a margin).
         let (lo, size) = heap::range();
         let size = (heap::committed_end() - lo + (1 << 30)).min(size);
+        Self::with(
+            0,
+            MarkerConfig {
+                heap_lo: lo,
+                heap_hi: lo + size,
+                black_gen: None,
+                pipelined: match PIPELINE.load(Relaxed) {
+                    1 => false,
+                    2 => true,
+                    _ => heap::in_use_bytes() >= PIPELINE_MIN_HEAP,
+                },
+                explain: crate::debug::explained().map_or((0, 0), object_bounds),
+            },
+        )
+    }
+
+    /// Helper `i`'s marker for a round led by a marker with `cfg`.
+    pub fn helper(i: usize, cfg: MarkerConfig) -> Option<Marker> {
+        let mut m = Self::with(i + 1, cfg)?;
+        m.shared = true;
+        Some(m)
+    }
+
+    fn with(stack: usize, cfg: MarkerConfig) -> Option<Marker> {
+        let base = mark_stack(stack);
+        if base.is_null() {
+            return None;
+        }
         Some(Marker {
             stack: base,
             len: 0,
-            cap: STACK_ENTRIES,
+            cap: STACK_CAP.load(Relaxed).clamp(4, STACK_ENTRIES),
             overflowed: false,
-            heap_lo: lo,
-            heap_hi: lo + size,
+            heap_lo: cfg.heap_lo,
+            heap_hi: cfg.heap_hi,
             marked_bytes: 0,
             marked_objects: 0,
             scanned_bytes: 0,
             peak: 0,
-            explain: crate::debug::explained().map_or((0, 0), object_bounds),
-            black_gen: None,
-            pipelined: match PIPELINE.load(Relaxed) {
-                1 => false,
-                2 => true,
-                _ => heap::in_use_bytes() >= PIPELINE_MIN_HEAP,
-            },
+            explain: cfg.explain,
+            black_gen: cfg.black_gen,
+            pipelined: cfg.pipelined,
             pipe_a: Ring::new(0),
             pipe_b: Ring::new((0, core::ptr::null())),
             pipe_c: Ring::new((0, core::ptr::null())),
+            shared: false,
+            since_share_check: 0,
         })
+    }
+
+    /// This marker's settings, for helpers joining it.
+    pub fn config(&self) -> MarkerConfig {
+        MarkerConfig {
+            heap_lo: self.heap_lo,
+            heap_hi: self.heap_hi,
+            black_gen: self.black_gen,
+            pipelined: self.pipelined,
+            explain: self.explain,
+        }
+    }
+
+    /// Marks as one of a team (atomic mark bits, work given away) or alone.
+    pub fn set_shared(&mut self, shared: bool) {
+        self.shared = shared;
+    }
+
+    /// Drains the stack and the pipeline (no overflow recovery: a team's
+    /// leader recovers after the round).
+    pub(super) fn drain_local(&mut self) {
+        loop {
+            self.drain_prefetching();
+            self.flush_pipe();
+            if self.len == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Moves the bottom half of the stack (its oldest entries) into `out`,
+    /// as many as fit; returns how many.
+    pub(super) fn give_bottom(&mut self, out: &mut [Entry]) -> usize {
+        let n = (self.len / 2).min(out.len());
+        if n == 0 {
+            return 0;
+        }
+        // SAFETY: entries [0, len) were pushed; n <= len / 2, so the moved
+        // ranges stay inside the stack.
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.stack, out.as_mut_ptr(), n);
+            core::ptr::copy(self.stack.add(n), self.stack, self.len - n);
+        }
+        self.len -= n;
+        n
+    }
+
+    /// Pushes entries taken from a team's pool.
+    pub(super) fn push_entries(&mut self, entries: &[Entry]) {
+        for &(lo, len) in entries {
+            self.push(lo, len);
+        }
+    }
+
+    /// The figures gathered since the last call, reset: (marked bytes,
+    /// marked objects, scanned bytes, whether a push was dropped).
+    pub(super) fn take_figures(&mut self) -> (u64, u64, u64, bool) {
+        let f = (
+            self.marked_bytes,
+            self.marked_objects,
+            self.scanned_bytes,
+            self.overflowed,
+        );
+        self.marked_bytes = 0;
+        self.marked_objects = 0;
+        self.scanned_bytes = 0;
+        self.overflowed = false;
+        f
+    }
+
+    /// A team member dropped pushes: the next drain rescans marked objects.
+    pub(super) fn note_overflow(&mut self) {
+        self.overflowed = true;
     }
 
     /// Objects allocated in sweep generation `gen` are black (see `black_gen`).
@@ -271,7 +399,12 @@ impl Marker {
                 if !span::is_allocated(st) || self.born_black(st) {
                     return;
                 }
-                if sp.mark_slot(i) {
+                let newly = if self.shared {
+                    sp.mark_slot_atomic(i)
+                } else {
+                    sp.mark_slot(i)
+                };
+                if newly {
                     let size = sp.elemsize as usize;
                     self.marked_bytes += size as u64;
                     self.marked_objects += 1;
@@ -473,6 +606,15 @@ impl Marker {
                 len = SCAN_CHUNK;
             }
             self.scan_range(lo, lo + len);
+            if self.shared {
+                self.since_share_check += 1;
+                if self.since_share_check >= 32 {
+                    self.since_share_check = 0;
+                    if self.len >= 2 && super::parallel::someone_idle() {
+                        super::parallel::donate(self);
+                    }
+                }
+            }
         }
     }
 

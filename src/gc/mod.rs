@@ -43,6 +43,7 @@ pub mod cycle;
 pub mod dirty;
 pub mod managed;
 pub mod mark;
+pub mod parallel;
 pub mod roots;
 pub mod stop;
 
@@ -157,6 +158,11 @@ pub fn init() -> bool {
         env::get_choice("MAGPIE_MARK_PIPELINE", &["auto", "never", "always"], 0) as u8,
         Relaxed,
     );
+    parallel::configure();
+    mark::STACK_CAP.store(
+        env::get_u64("MAGPIE_DEBUG_MARK_STACK", 16 << 20, 4, 16 << 20) as usize,
+        Relaxed,
+    );
     PAUSE_TARGET_NS.store(
         env::get_u64("MAGPIE_PAUSE_TARGET_US", 500, 10, 10_000_000) * 1000,
         Relaxed,
@@ -221,10 +227,54 @@ pub fn after_slow_alloc(p: *mut u8) {
     }
     if cycle_due() {
         wake_collector();
+        if !marking() && far_over_goal() {
+            wait_for_cycle();
+        }
     }
     if THROTTLE.load(Relaxed) != 0 || (marking() && over_goal()) {
         throttle_wait();
     }
+}
+
+/// Bumped when a cycle's mark ends (world stopped); threads waiting for the
+/// cycle sleep on it.
+static MARKS_ENDED: AtomicU32 = AtomicU32::new(0);
+
+/// Past its goal by a quarter while the cycle it calls for has not started:
+/// the collector thread was slow to wake (the first cycle also starts it).
+fn far_over_goal() -> bool {
+    let goal = NEXT_GC.load(Relaxed);
+    heap::in_use_bytes() as u64 > goal + goal / 4
+}
+
+/// Waits (at most `THROTTLE_MAX_NS`) until the cycle that is due has
+/// marked, or its concurrent mark has begun (then `throttle_wait` paces the
+/// thread): a program allocating fast would otherwise grow its heap for as
+/// long as the collector takes to get going, and the pages it touched stay
+/// resident. Boehm collects in the allocating thread for the same reason.
+#[cold]
+#[inline(never)]
+fn wait_for_cycle() {
+    if IS_COLLECTOR.with(|c| c.get()) {
+        return;
+    }
+    let t0 = crate::sys::os::now_ns();
+    let seen = MARKS_ENDED.load(Acquire);
+    loop {
+        let waited = crate::sys::os::now_ns() - t0;
+        if MARKS_ENDED.load(Acquire) != seen || marking() || waited >= THROTTLE_MAX_NS {
+            break;
+        }
+        futex::wait(&MARKS_ENDED, seen, Some(100_000));
+    }
+    C.throttled_ns
+        .fetch_add(crate::sys::os::now_ns() - t0, Relaxed);
+}
+
+/// A cycle's mark ended: wakes the threads waiting for it.
+pub(super) fn note_mark_ended() {
+    MARKS_ENDED.fetch_add(1, Release);
+    futex::wake(&MARKS_ENDED, i32::MAX);
 }
 
 /// While a concurrent mark runs, allocation past the goal the cycle was
@@ -418,6 +468,7 @@ fn wake_collector() {
 
 extern "C" fn collector_main(_: *mut libc::c_void) -> *mut libc::c_void {
     IS_COLLECTOR.with(|c| c.set(true));
+    parallel::start_helpers();
     loop {
         let w = WAKE.load(Acquire);
         // Requests first: the cycle starts after every request counted here.
@@ -557,6 +608,8 @@ struct Counters {
     dirty_pages_last: AtomicU64,
     dirty_failures: AtomicU64,
     mark_stack_peak: AtomicU64,
+    marked_objects: AtomicU64,
+    helper_marked_objects: AtomicU64,
     throttled_ns: AtomicU64,
     throttled_rounds: AtomicU64,
     precleaned_pages: AtomicU64,
@@ -585,6 +638,8 @@ static C: Counters = Counters {
     dirty_pages_last: AtomicU64::new(0),
     dirty_failures: AtomicU64::new(0),
     mark_stack_peak: AtomicU64::new(0),
+    marked_objects: AtomicU64::new(0),
+    helper_marked_objects: AtomicU64::new(0),
     throttled_ns: AtomicU64::new(0),
     throttled_rounds: AtomicU64::new(0),
     precleaned_pages: AtomicU64::new(0),
@@ -664,6 +719,12 @@ pub struct GcStats {
     /// Time the collector thread spent write-protecting the heap when marking
     /// began and unprotecting it when marking ended (world running).
     pub protect_ns: u64,
+    /// Markers of a stopped-world mark (the collector and its helpers,
+    /// `MAGPIE_MARKERS`), objects marked in all, and of those, marked by
+    /// helpers.
+    pub markers: u64,
+    pub marked_objects: u64,
+    pub helper_marked_objects: u64,
 }
 
 /// Cycles completed (without computing the rest of [`stats`]).
@@ -697,6 +758,9 @@ pub fn stats() -> GcStats {
         dirty_pages_last: C.dirty_pages_last.load(Relaxed),
         dirty_failures: C.dirty_failures.load(Relaxed),
         mark_stack_peak: C.mark_stack_peak.load(Relaxed),
+        markers: parallel::markers() as u64,
+        marked_objects: C.marked_objects.load(Relaxed),
+        helper_marked_objects: C.helper_marked_objects.load(Relaxed),
         throttled_rounds: C.throttled_rounds.load(Relaxed),
         throttled_ns: C.throttled_ns.load(Relaxed),
         precleaned_pages: C.precleaned_pages.load(Relaxed),
@@ -729,24 +793,85 @@ pub fn note_swept(r: central::Swept) {
 // ---------------------------------------------------------------------------
 // The cycle.
 
-/// Sweeps every span not yet swept for the current generation.
-fn sweep_all() {
-    let collect = mode() == Mode::Collect;
-    let gen = sweepgen();
-    heap::for_each_span(|s| {
+/// Where the next sweeper claims a span. After each cycle the heap is swept
+/// in one pass, shared by the collector thread ([`sweep_all`]) and threads
+/// that would otherwise take fresh pages ([`reclaim`]): each span is claimed
+/// by moving the cursor past it with one CAS (Go's `sweepone`). Past the
+/// committed end (`usize::MAX` between passes) there is nothing to sweep.
+/// Every span in use when the cycle ended lies below the committed end, and
+/// one created later is born swept; a span claimed twice (its record
+/// recycled meanwhile) is swept once, the generation check under its lock
+/// decides.
+static SWEEP_CURSOR: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// Starts the sweep pass of the generation that mark termination just began
+/// (world stopped).
+fn begin_sweep_pass() {
+    SWEEP_CURSOR.store(heap::range().0, Release);
+}
+
+/// Claims and sweeps the next span of the pass. Returns its span class and
+/// whether it has free slots now (for a small span), or None when the pass
+/// is over.
+fn sweep_one() -> Option<(usize, bool)> {
+    loop {
+        let c = SWEEP_CURSOR.load(Acquire);
+        let (s, next) = heap::next_span_from(c)?;
+        if SWEEP_CURSOR
+            .compare_exchange(c, next, AcqRel, Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        let Some(s) = s else { continue };
+        let collect = mode() == Mode::Collect;
+        let gen = sweepgen();
         // SAFETY: records are type-stable; sweep re-checks under its lock.
         let (st, sg) = unsafe { ((*s).state.load(Relaxed), (*s).sweepgen.load(Relaxed)) };
         if sg == gen {
-            return;
+            continue;
         }
         if st == span::LARGE {
             // SAFETY: s came from the page map.
-            let r = unsafe { heap::sweep_large(s, gen, collect) };
-            note_swept(r);
-        } else {
-            note_swept(central::sweep(s, collect));
+            note_swept(unsafe { heap::sweep_large(s, gen, collect) });
+            return Some((0, false));
         }
-    });
+        note_swept(central::sweep(s, collect));
+        // SAFETY: as above; a hint only (the span may have been released).
+        let (sc, free) = unsafe { ((*s).spanclass as usize, (*s).nfree > 0) };
+        return Some((sc, free));
+    }
+}
+
+/// Sweeps every span not yet swept for the current generation.
+fn sweep_all() {
+    while sweep_one().is_some() {}
+}
+
+/// Spans an allocating thread sweeps at most before taking fresh pages.
+const RECLAIM_SPANS: usize = 64;
+
+/// Before the page heap hands out `npages` pages for span class `sc` (0 for
+/// a large object): while the last cycle's sweep is unfinished, sweep spans
+/// until `npages` pages are freed or a span of class `sc` has free slots
+/// (Go's `mheap.reclaim`). Pages the sweep is about to free are then reused
+/// instead of fresh ones, which would grow the heap's footprint.
+pub fn reclaim(npages: usize, sc: usize) {
+    if SWEEP_CURSOR.load(Relaxed) >= heap::committed_end() {
+        return;
+    }
+    let target = heap::in_use_bytes().saturating_sub(npages * crate::alloc::sizeclass::PAGE_SIZE);
+    for _ in 0..RECLAIM_SPANS {
+        match sweep_one() {
+            None => return,
+            Some((c, free)) if sc != 0 && c == sc && free => return,
+            _ => {}
+        }
+        if heap::in_use_bytes() <= target {
+            return;
+        }
+    }
 }
 
 /// Runs a whole cycle now and waits for it: on the collector thread (see
@@ -819,6 +944,7 @@ pub unsafe fn unlock_after_fork(child: bool) {
         unsafe { CYCLE.force_unlock() };
     }
     stop::reset_after_fork();
+    parallel::reset_after_fork();
     // The parent's rounds may have been throttling allocation.
     THROTTLE.store(0, Relaxed);
     if PHASE.load(Relaxed) != Phase::Off as u8 {

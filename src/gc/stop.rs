@@ -327,7 +327,10 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
             let k = list_threads(&mut tids);
             for &t in &tids[..k] {
                 let n = TABLE.n.load(Relaxed);
-                if t == me || (0..n).any(|i| TABLE.tid[i].load(Relaxed) == t) {
+                if t == me
+                    || super::parallel::is_helper(t)
+                    || (0..n).any(|i| TABLE.tid[i].load(Relaxed) == t)
+                {
                     continue;
                 }
                 if n == MAX_THREADS {

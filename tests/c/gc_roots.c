@@ -9,7 +9,9 @@
  * setspecific_2nd (a key past glibc's first-level array of 32, so the slot
  * lives in a calloc'ed second-level array), chain (the tail of a 1,000,000
  * node list from a static head), interior (a pointer to the middle of the
- * object). "control": 10,000 objects with no reference at all (only XOR-ed
+ * object), tree (a complete binary tree of 131,071 nodes from a static
+ * root: wide, so parallel markers share it and a small mark stack
+ * overflows). "control": 10,000 objects with no reference at all (only XOR-ed
  * copies) and no churn: after 3 cycles magpie must hold >= 90 % of them as
  * freed (magpie_is_allocated). And "leak": ~2 GiB of small nodes allocated and dropped with no
  * explicit collect; the pacer alone must keep VmHWM and VmRSS under 256 MiB.
@@ -363,6 +365,63 @@ static void sc_chain(void) {
         exit(1);
 }
 
+/* ---- wide binary tree ---- */
+
+#define TREE_DEPTH 17
+
+struct tnode {
+    struct tnode *left, *right;
+    uint64_t tag;
+    uint64_t payload[5];
+};
+_Static_assert(sizeof(struct tnode) == 64, "tree node must be 64 bytes");
+
+static struct tnode *volatile tree_root;
+
+/* Node `tag` (the root is 1, the children of k are 2k and 2k + 1). */
+static struct tnode *build_tree(uint64_t tag, int depth) {
+    struct tnode *t = malloc(sizeof *t);
+    if (t == NULL) {
+        fprintf(stderr, "%s: malloc failed\n", scenario);
+        exit(1);
+    }
+    t->tag = tag;
+    for (int i = 0; i < 5; i++)
+        t->payload[i] = word(tag, i);
+    t->left = depth > 1 ? build_tree(2 * tag, depth - 1) : NULL;
+    t->right = depth > 1 ? build_tree(2 * tag + 1, depth - 1) : NULL;
+    return t;
+}
+
+static uint64_t check_tree(const struct tnode *t, uint64_t tag, int depth) {
+    if (t == NULL || t->tag != tag) {
+        fprintf(stderr, "%s: tree node %llu lost (found %p, tag %#llx)\n", scenario,
+                (unsigned long long)tag, (const void *)t, t ? (unsigned long long)t->tag : 0ULL);
+        exit(1);
+    }
+    for (int i = 0; i < 5; i++)
+        if (t->payload[i] != word(tag, i)) {
+            fprintf(stderr, "%s: tree node %llu payload %d corrupted\n", scenario,
+                    (unsigned long long)tag, i);
+            exit(1);
+        }
+    if (depth == 1)
+        return 1;
+    return 1 + check_tree(t->left, 2 * tag, depth - 1) + check_tree(t->right, 2 * tag + 1, depth - 1);
+}
+
+__attribute__((noinline)) static void plant_tree(void) { tree_root = build_tree(1, TREE_DEPTH); }
+
+static void sc_tree(void) {
+    plant_tree();
+    scrub_stack();
+    churn();
+    uint64_t n = check_tree(tree_root, 1, TREE_DEPTH);
+    CHECKF(n == (1ULL << TREE_DEPTH) - 1, "tree has %llu nodes", (unsigned long long)n);
+    if (check_failures)
+        exit(1);
+}
+
 /* ---- interior pointer ---- */
 
 static uint64_t *volatile interior; /* &node->payload[3]: byte 32 of 64 */
@@ -507,6 +566,7 @@ static const struct {
     {"setspecific_2nd", sc_setspecific_2nd},
     {"chain", sc_chain},
     {"interior", sc_interior},
+    {"tree", sc_tree},
     {"leak", sc_leak},
     {"control", sc_control},
 };
