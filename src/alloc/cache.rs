@@ -333,8 +333,8 @@ impl CpuCache {
 /// (state byte set), or 0 when memory is exhausted.
 #[cold]
 pub fn pop_slow(sc: usize) -> usize {
-    let want = central::batch(sc);
-    let mut buf = [Entry::default(); MAX_BATCH];
+    let want = central::refill_batch(sc);
+    let mut buf = [Entry::default(); central::MAX_REFILL];
     match route() {
         Route::Rseq(off) => {
             // Another thread may have refilled this CPU meanwhile.

@@ -14,7 +14,7 @@
 
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use spin::Mutex;
 
 use super::heap;
@@ -67,7 +67,26 @@ pub const fn cache_cap(sc: usize) -> usize {
     }
 }
 
-/// Objects moved per refill or drain of span class `sc`.
+/// Most entries one refill hands a per-CPU cache ([`refill_batch`]).
+pub const MAX_REFILL: usize = 128;
+
+/// Entries a per-CPU cache asks for when it runs dry: a transfer batch when
+/// one is waiting, else up to four batches' worth taken from spans (at most
+/// half the cache), so a thread allocating fast takes the class lock once per
+/// 128 small objects rather than once per 32.
+pub const fn refill_batch(sc: usize) -> usize {
+    let b = batch(sc) * 4;
+    let half = cache_cap(sc) / 2;
+    let b = if b < half { b } else { half };
+    let b = if b < MAX_REFILL { b } else { MAX_REFILL };
+    if b < batch(sc) {
+        batch(sc)
+    } else {
+        b
+    }
+}
+
+/// Objects moved per drain of span class `sc`, and per transfer batch.
 pub const fn batch(sc: usize) -> usize {
     let b = sizeclass::batch_of_class(class_of_sc(sc));
     let half = cache_cap(sc) / 2;
@@ -91,6 +110,8 @@ struct Inner {
 #[repr(align(64))]
 struct Central {
     lock: Mutex<()>,
+    /// Threads spinning for `lock` (see [`yield_to_waiters`]).
+    waiters: AtomicU32,
     inner: UnsafeCell<*mut Inner>,
 }
 
@@ -101,6 +122,7 @@ unsafe impl Sync for Central {}
 static CENTRAL: [Central; NUM_SPANCLASSES] = [const {
     Central {
         lock: Mutex::new(()),
+        waiters: AtomicU32::new(0),
         inner: UnsafeCell::new(ptr::null_mut()),
     }
 }; NUM_SPANCLASSES];
@@ -133,7 +155,15 @@ struct Guard<'a> {
 
 fn lock(sc: usize) -> Guard<'static> {
     let c = &CENTRAL[sc];
-    let g = c.lock.lock();
+    let g = match c.lock.try_lock() {
+        Some(g) => g,
+        None => {
+            c.waiters.fetch_add(1, Relaxed);
+            let g = c.lock.lock();
+            c.waiters.fetch_sub(1, Relaxed);
+            g
+        }
+    };
     // SAFETY: the lock is held; inner was set by init and lives forever.
     let inner = unsafe { &mut **c.inner.get() };
     Guard { _g: g, inner }
@@ -312,11 +342,25 @@ pub fn sweep(s: *mut Span, collect: bool) -> Swept {
             from = to;
         }
         drop(g);
+        yield_to_waiters(sc);
+    }
+}
+
+/// Between two holds of class `sc`'s lock by a long job (a sweep): lets a
+/// thread spinning for it take it first. The lock is not fair, and the
+/// holder, whose cache has the lock's line, would otherwise win it back at
+/// once, chunk after chunk, while an allocating thread spins.
+fn yield_to_waiters(sc: usize) {
+    let c = &CENTRAL[sc];
+    let mut spins = 0;
+    while c.waiters.load(Relaxed) > 0 && spins < 2000 {
+        core::hint::spin_loop();
+        spins += 1;
     }
 }
 
 /// Slots swept per hold of the class lock by [`sweep`].
-const SWEEP_CHUNK: usize = 128;
+const SWEEP_CHUNK: usize = 32;
 
 fn sweep_locked(g: &mut Guard<'_>, s: *mut Span) {
     let collect = crate::gc::mode() == crate::gc::Mode::Collect;
