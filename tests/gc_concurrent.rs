@@ -412,6 +412,13 @@ scenarios! {
     no_dirty_source_falls_back: "into_fresh_object", &[("MAGPIE_DIRTY", "none")];
     throttled_rounds_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_PAUSE_TARGET_US", "10")];
     throttled_rounds_move_between_threads: "queue_between_threads", &[("MAGPIE_PAUSE_TARGET_US", "10")];
+    // Four markers share each final rescan of the written pages (as pieces
+    // on their stacks); with an 8-entry mark stack the pieces that do not
+    // fit are scanned at once (a dropped one would lose fresh objects).
+    parallel_rescan_move_into_fresh_objects: "into_fresh_object", &[("MAGPIE_MARKERS", "4"), ("MAGPIE_DEBUG_MARK_STACK", "8")];
+    parallel_rescan_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_MARKERS", "4"), ("MAGPIE_DEBUG_MARK_STACK", "8")];
+    parallel_rescan_move_through_a_pipe: "through_a_pipe", &[("MAGPIE_MARKERS", "4"), ("MAGPIE_DEBUG_MARK_STACK", "8")];
+    parallel_stop_the_world_move_between_threads: "queue_between_threads", &[("MAGPIE_MARKERS", "4"), ("MAGPIE_CONCURRENT", "0")];
 }
 
 /// MAGPIE_STATS=json: one JSON object on the last line of stderr, with the

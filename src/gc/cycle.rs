@@ -335,8 +335,10 @@ fn concurrent(my_sp: usize) -> Option<u64> {
             continue;
         }
         let t_scan = os::now_ns();
-        runs.scan(&mut m);
-        m.drain();
+        // The world is stopped: the helpers share the rescan.
+        let team = parallel::Team::begin(&mut m);
+        runs.push_to(&mut m);
+        team.drain(&mut m);
         if super::DEBUG_PAUSES.load(Relaxed) {
             fatal::warn(format_args!(
                 "final rescan: {pages} pages in {} µs (estimated {} ns a page)",
@@ -539,6 +541,23 @@ impl RunBuffer {
         // SAFETY: len < RUNS, inside the mapping.
         unsafe { *self.runs.add(self.len) = (addr, bytes) };
         self.len += 1;
+    }
+
+    /// Pushes the runs on `m`'s stack (see `mark::WRITTEN`), in pieces a
+    /// team can share.
+    fn push_to(&mut self, m: &mut mark::Marker) {
+        const PIECE: usize = 16 * 4096;
+        for k in 0..self.len {
+            // SAFETY: k < len, written by push.
+            let (a, n) = unsafe { *self.runs.add(k) };
+            let mut lo = a;
+            while lo < a + n {
+                let len = PIECE.min(a + n - lo);
+                m.push_written(lo, len);
+                lo += len;
+            }
+        }
+        self.len = 0;
     }
 
     fn scan(&mut self, m: &mut mark::Marker) {

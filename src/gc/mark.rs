@@ -46,8 +46,17 @@ fn copy_buffer() -> *mut u8 {
     b
 }
 
-/// A mark-stack entry: an object (or a chunk of one) to scan, as (start, length).
+/// A mark-stack entry: an object (or a chunk of one) to scan, as (start,
+/// length); with [`WRITTEN`] in the length, a run of written heap pages.
 pub type Entry = (usize, usize);
+
+/// Length tag of an entry that is a run of written heap pages (concurrent
+/// mark termination): scanned with [`Marker::scan_written`], so markers of a
+/// team share the rescan. Never dropped when the stack is full (a dropped
+/// run would be lost: the overflow recovery rescans marked objects, and the
+/// objects allocated black during the mark are not marked), scanned at once
+/// instead.
+const WRITTEN: usize = 1 << 63;
 
 /// What a helper marker copies from the leader for a round of parallel marking.
 #[derive(Clone, Copy)]
@@ -61,6 +70,9 @@ pub struct MarkerConfig {
 
 pub struct Marker {
     stack: *mut Entry,
+    /// The stack holds entries `[bottom, len)`: pops take from the top,
+    /// a team's donations from the bottom (no entries move).
+    bottom: usize,
     len: usize,
     cap: usize,
     overflowed: bool,
@@ -202,6 +214,7 @@ impl Marker {
         }
         Some(Marker {
             stack: base,
+            bottom: 0,
             len: 0,
             cap: STACK_CAP.load(Relaxed).clamp(4, STACK_ENTRIES),
             overflowed: false,
@@ -244,7 +257,9 @@ impl Marker {
         loop {
             self.drain_prefetching();
             self.flush_pipe();
-            if self.len == 0 {
+            if self.len == self.bottom {
+                self.len = 0;
+                self.bottom = 0;
                 return;
             }
         }
@@ -253,18 +268,20 @@ impl Marker {
     /// Moves the bottom half of the stack (its oldest entries) into `out`,
     /// as many as fit; returns how many.
     pub(super) fn give_bottom(&mut self, out: &mut [Entry]) -> usize {
-        let n = (self.len / 2).min(out.len());
+        let n = (self.depth() / 2).min(out.len());
         if n == 0 {
             return 0;
         }
-        // SAFETY: entries [0, len) were pushed; n <= len / 2, so the moved
-        // ranges stay inside the stack.
-        unsafe {
-            core::ptr::copy_nonoverlapping(self.stack, out.as_mut_ptr(), n);
-            core::ptr::copy(self.stack.add(n), self.stack, self.len - n);
-        }
-        self.len -= n;
+        // SAFETY: entries [bottom, len) were pushed; n <= their number.
+        unsafe { core::ptr::copy_nonoverlapping(self.stack.add(self.bottom), out.as_mut_ptr(), n) };
+        self.bottom += n;
         n
+    }
+
+    /// Entries on the stack.
+    #[inline]
+    fn depth(&self) -> usize {
+        self.len - self.bottom
     }
 
     /// Pushes entries taken from a team's pool.
@@ -307,14 +324,43 @@ impl Marker {
 
     #[inline]
     fn push(&mut self, lo: usize, len: usize) {
+        if self.len == self.cap && self.bottom > 0 {
+            // Donations emptied the bottom: move the entries down (once per
+            // stackful, so amortized constant).
+            let n = self.depth();
+            // SAFETY: both ranges lie inside the stack; copy handles overlap.
+            unsafe { core::ptr::copy(self.stack.add(self.bottom), self.stack, n) };
+            self.bottom = 0;
+            self.len = n;
+        }
         if self.len == self.cap {
-            self.overflowed = true;
+            if len & WRITTEN != 0 {
+                self.scan_written(lo, lo + (len & !WRITTEN));
+            } else {
+                self.overflowed = true;
+            }
             return;
         }
         // SAFETY: len < cap, inside the mark-stack mapping.
         unsafe { *self.stack.add(self.len) = (lo, len) };
         self.len += 1;
-        self.peak = self.peak.max(self.len);
+        self.peak = self.peak.max(self.depth());
+    }
+
+    /// Pushes the written pages `[lo, lo + len)` for [`Marker::scan_written`]
+    /// by whichever marker of the team pops them.
+    pub fn push_written(&mut self, lo: usize, len: usize) {
+        self.push(lo, len | WRITTEN);
+    }
+
+    /// Scans a popped entry.
+    #[inline]
+    fn scan_entry(&mut self, lo: usize, len: usize) {
+        if len & WRITTEN != 0 {
+            self.scan_written(lo, lo + (len & !WRITTEN));
+        } else {
+            self.scan_range(lo, lo + len);
+        }
     }
 
     /// Marks the object `v` points into, if any: sends `v` down the lookup
@@ -561,7 +607,7 @@ impl Marker {
         loop {
             self.drain_prefetching();
             self.flush_pipe();
-            if self.len > 0 {
+            if self.len > self.bottom {
                 continue;
             }
             if !self.overflowed {
@@ -583,7 +629,7 @@ impl Marker {
         let mut fifo = [(0usize, 0usize); PREFETCH_DEPTH];
         let (mut head, mut count) = (0usize, 0usize);
         loop {
-            while count < PREFETCH_DEPTH && self.len > 0 {
+            while count < PREFETCH_DEPTH && self.len > self.bottom {
                 self.len -= 1;
                 // SAFETY: len < cap; the entry was pushed.
                 let e = unsafe { *self.stack.add(self.len) };
@@ -597,7 +643,7 @@ impl Marker {
             let (lo, mut len) = fifo[head];
             head = (head + 1) % PREFETCH_DEPTH;
             count -= 1;
-            if len > SCAN_CHUNK {
+            if len > SCAN_CHUNK && len & WRITTEN == 0 {
                 // A big object is scanned a chunk at a time, the rest pushed
                 // back under the chunk's children: the stack then holds at
                 // most a chunk's worth of pointers per level, not every
@@ -605,12 +651,12 @@ impl Marker {
                 self.push(lo + SCAN_CHUNK, len - SCAN_CHUNK);
                 len = SCAN_CHUNK;
             }
-            self.scan_range(lo, lo + len);
+            self.scan_entry(lo, len);
             if self.shared {
                 self.since_share_check += 1;
                 if self.since_share_check >= 32 {
                     self.since_share_check = 0;
-                    if self.len >= 2 && super::parallel::someone_idle() {
+                    if self.depth() >= 2 && super::parallel::wants_work() {
                         super::parallel::donate(self);
                     }
                 }
@@ -641,11 +687,11 @@ impl Marker {
                         if sp.is_marked(i) {
                             let a = sp.slot_addr(i);
                             self.scan_range(a, a + sp.elemsize as usize);
-                            while self.len > 0 && !self.overflowed {
+                            while self.len > self.bottom && !self.overflowed {
                                 self.len -= 1;
                                 // SAFETY: as in drain.
                                 let (l, n) = unsafe { *self.stack.add(self.len) };
-                                self.scan_range(l, l + n);
+                                self.scan_entry(l, n);
                             }
                         }
                     }
@@ -746,5 +792,61 @@ fn scanned_size(sp: &span::Span, i: usize, slot: usize) -> usize {
     match sp.site(i) {
         Some(rec) => crate::leak::asked_size(rec.load(Relaxed)).map_or(slot, |n| n.min(slot)),
         None => slot,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::AtomicU64;
+
+    /// Whether `p`'s slot is marked, and clears the mark (leaving the span's
+    /// other marks, which a pending sweep may need, alone).
+    fn take_mark(p: usize) -> bool {
+        let sp = heap::span_of(p);
+        assert!(!sp.is_null());
+        // SAFETY: a live small span (we hold the object).
+        let sp = unsafe { &*sp };
+        let i = sp.slot_of(p);
+        let marked = sp.is_marked(i);
+        // SAFETY: i < nelems; no cycle runs (without_cycles).
+        let w = unsafe { &*(sp.marks.add(i / 64) as *const AtomicU64) };
+        w.fetch_and(!(1u64 << (i % 64)), Relaxed);
+        marked
+    }
+
+    /// Runs of written pages pushed on a full stack are scanned on the spot,
+    /// never dropped like an object's push (the overflow recovery rescans
+    /// marked objects only, and objects allocated black are not marked).
+    #[test]
+    fn written_runs_are_scanned_when_the_stack_is_full() {
+        crate::gc::without_cycles(|| {
+            const N: usize = 24;
+            let targets: Vec<usize> = (0..N).map(|_| crate::alloc::alloc_c(64) as usize).collect();
+            let holders: Vec<usize> = (0..N)
+                .map(|_| crate::alloc::alloc_c(4096) as usize)
+                .collect();
+            for (&h, &t) in holders.iter().zip(&targets) {
+                // SAFETY: h is a fresh 4096-byte block.
+                unsafe {
+                    core::ptr::write_bytes(h as *mut u8, 0, 4096);
+                    *(h as *mut usize).add(100) = t;
+                }
+            }
+            let mut m = Marker::new().expect("marker");
+            m.cap = 4;
+            for &h in &holders {
+                m.push_written(h, 4096);
+            }
+            m.drain();
+            for &h in &holders {
+                take_mark(h);
+            }
+            let lost = targets.iter().filter(|&&t| !take_mark(t)).count();
+            for p in targets.into_iter().chain(holders) {
+                crate::alloc::free(p as *mut u8);
+            }
+            assert_eq!(lost, 0, "targets left unmarked");
+        });
     }
 }

@@ -303,10 +303,12 @@ impl Team {
     }
 }
 
-/// Whether some marker of the running team is waiting for work (a hint).
+/// Whether some marker of the running team is waiting for work that the
+/// pool does not have (a hint): only then is work given away, so a marker
+/// slow to wake is not sent a donation (and a futex wake) per check.
 #[inline]
-pub fn someone_idle() -> bool {
-    IDLE.load(Relaxed) > 0
+pub fn wants_work() -> bool {
+    IDLE.load(Relaxed) > 0 && POOL_LEN.load(Relaxed) == 0
 }
 
 /// Moves the bottom half of `m`'s stack to the pool (when it has room).
