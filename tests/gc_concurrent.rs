@@ -168,11 +168,12 @@ fn run_scenario(secs: u64, mover: impl Fn(u64) + Send + Sync) {
     let g = magpie::stats().gc;
     let cycles = g.cycles - cycles0;
     println!(
-        "rounds {round}, moves {}, cycles {cycles}, concurrent {}, source {}, throttled rounds {}",
+        "rounds {round}, moves {}, cycles {cycles}, concurrent {}, source {}, throttled rounds {}, helpers marked {}",
         MOVES.load(Relaxed),
         g.last_cycle_concurrent,
         g.dirty_source,
-        g.throttled_rounds
+        g.throttled_rounds,
+        g.helper_marked_objects
     );
     assert!(cycles >= 100, "only {cycles} cycles ran");
 }
@@ -374,6 +375,12 @@ fn run(test: &str, scenario: &str, env: &[(&str, &str)]) {
             "{test}: allocation was never throttled:\n{stdout}"
         );
     }
+    if env.contains(&("MAGPIE_DEBUG_MARK_CONCURRENTLY", "1")) {
+        assert!(
+            !stdout.contains("helpers marked 0\n"),
+            "{test}: the helpers marked nothing:\n{stdout}"
+        );
+    }
     let concurrent = !env
         .iter()
         .any(|&(k, v)| (k == "MAGPIE_CONCURRENT" && v == "0") || k == "MAGPIE_DIRTY");
@@ -419,6 +426,12 @@ scenarios! {
     parallel_rescan_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_MARKERS", "4"), ("MAGPIE_DEBUG_MARK_STACK", "8")];
     parallel_rescan_move_through_a_pipe: "through_a_pipe", &[("MAGPIE_MARKERS", "4"), ("MAGPIE_DEBUG_MARK_STACK", "8")];
     parallel_stop_the_world_move_between_threads: "queue_between_threads", &[("MAGPIE_MARKERS", "4"), ("MAGPIE_CONCURRENT", "0")];
+    // Helpers mark beside the program's threads in every concurrent mark (as
+    // they do when a throttled thread lends its CPU).
+    helpers_marking_concurrently_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_MARKERS", "3"), ("MAGPIE_DEBUG_MARK_CONCURRENTLY", "1")];
+    helpers_marking_concurrently_move_into_fresh_objects: "into_fresh_object", &[("MAGPIE_MARKERS", "3"), ("MAGPIE_DEBUG_MARK_CONCURRENTLY", "1")];
+    helpers_marking_concurrently_move_through_a_pipe: "through_a_pipe", &[("MAGPIE_MARKERS", "3"), ("MAGPIE_DEBUG_MARK_CONCURRENTLY", "1")];
+    helpers_marking_concurrently_move_between_threads: "queue_between_threads", &[("MAGPIE_MARKERS", "3"), ("MAGPIE_DEBUG_MARK_CONCURRENTLY", "1")];
 }
 
 /// MAGPIE_STATS=json: one JSON object on the last line of stderr, with the

@@ -207,7 +207,8 @@ fn concurrent(my_sp: usize) -> Option<u64> {
             }
         });
     });
-    m.drain();
+    // A thread made to wait for this mark lends its CPU to a helper.
+    parallel::Team::begin_quiet(&mut m).drain(&mut m);
 
     // Mark termination, retried while the written pages would blow the budget.
     let budget = super::PAUSE_TARGET_NS.load(Relaxed);
@@ -358,6 +359,7 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     C.dirty_pages.fetch_add(dirty_pages, Relaxed);
     C.dirty_pages_last.store(dirty_pages, Relaxed);
     C.last_concurrent.store(true, Relaxed);
+    C.marked_objects.fetch_add(m.marked_objects, Relaxed);
     C.mark_stack_peak.fetch_max(m.peak as u64, Relaxed);
     Some(m.marked_bytes)
 }

@@ -303,6 +303,7 @@ fn throttle_wait() {
         return;
     }
     let t0 = crate::sys::os::now_ns();
+    parallel::lend_cpu();
     loop {
         let v = THROTTLE.load(Acquire);
         let waited = crate::sys::os::now_ns() - t0;

@@ -20,6 +20,14 @@
 //! round number, so a helper late for a round (or still leaving the last
 //! one) never touches the next round's work.
 //!
+//! A concurrent mark (the world running) is a *quiet* round: the helpers
+//! are not woken, since the program's threads need the CPUs. But a thread
+//! that the collector makes wait (allocation throttled while the mark
+//! catches up) lends its CPU: [`lend_cpu`] invites one helper into the
+//! round, so the mark the thread waits for ends sooner (Go's mark assists,
+//! done by a helper so that the program's thread, which may be stopped by
+//! a signal at any point, never holds the pool's lock).
+//!
 //! A helper's mark stack can overflow like the leader's; it says so when it
 //! goes idle and the leader, after the round, rescans the marked objects
 //! (`Marker::drain`'s recovery), alone.
@@ -47,6 +55,9 @@ const TAKE_MAX: usize = 512;
 /// Stack size of a helper thread.
 const HELPER_STACK: usize = 256 << 10;
 
+/// `MAGPIE_DEBUG_MARK_CONCURRENTLY=1`: quiet rounds wake every helper, so
+/// tests run helpers beside the program's threads on every concurrent mark.
+static WAKE_IN_QUIET: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// `MAGPIE_MARKERS`: markers per team (1: the leader alone).
 pub(super) static MARKERS: AtomicUsize = AtomicUsize::new(1);
 /// Helper threads started (they never exit).
@@ -68,6 +79,9 @@ static SLEEPERS: AtomicU32 = AtomicU32::new(0);
 /// Spins (`spin_loop` hints, some tens of µs) before an idle marker sleeps:
 /// spinning on a CPU the marker with work needs would only delay it.
 const IDLE_SPINS: u32 = 2000;
+/// The open quiet round (0: none), and whether a helper was invited to it.
+static QUIET_ROUND: AtomicU32 = AtomicU32::new(0);
+static INVITED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// The round's marker settings, published before `ROUND` is bumped.
 static CONFIG: spin::Mutex<Option<MarkerConfig>> = spin::Mutex::new(None);
 
@@ -108,6 +122,10 @@ pub(super) fn configure() {
     let cpus = allowed_cpus();
     let n = crate::sys::env::get_u64("MAGPIE_MARKERS", cpus as u64, 1, MAX_MARKERS as u64);
     MARKERS.store(n as usize, Relaxed);
+    WAKE_IN_QUIET.store(
+        crate::sys::env::get_bool("MAGPIE_DEBUG_MARK_CONCURRENTLY", false),
+        Relaxed,
+    );
 }
 
 fn allowed_cpus() -> usize {
@@ -249,6 +267,29 @@ impl Team {
     /// `m` marks atomically and gives work away. Call before scanning roots,
     /// so the helpers' wake-up overlaps it.
     pub fn begin(m: &mut Marker) -> Team {
+        let t = Self::open(m);
+        if let Some(round) = t.round {
+            ROUND.store(round, Release);
+            futex::wake(&ROUND, i32::MAX);
+        }
+        t
+    }
+
+    /// A round for a concurrent mark: helpers join only when a waiting
+    /// thread lends its CPU ([`lend_cpu`]).
+    pub fn begin_quiet(m: &mut Marker) -> Team {
+        if WAKE_IN_QUIET.load(Relaxed) {
+            return Self::begin(m);
+        }
+        let t = Self::open(m);
+        if let Some(round) = t.round {
+            INVITED.store(false, Relaxed);
+            QUIET_ROUND.store(round, Release);
+        }
+        t
+    }
+
+    fn open(m: &mut Marker) -> Team {
         if HELPERS.load(Acquire) == 0 {
             return Team { round: None };
         }
@@ -270,8 +311,6 @@ impl Team {
             p.round
         };
         m.set_shared(true);
-        ROUND.store(round, Release);
-        futex::wake(&ROUND, i32::MAX);
         Team { round: Some(round) }
     }
 
@@ -283,6 +322,7 @@ impl Team {
             return;
         };
         work(m, round, true);
+        QUIET_ROUND.store(0, Relaxed);
         m.set_shared(false);
         let overflowed = {
             let mut p = POOL.lock();
@@ -301,6 +341,19 @@ impl Team {
         // The leader's own overflow, or a helper's: rescan marked objects.
         m.drain();
     }
+}
+
+/// Called by a program thread about to wait for the collector: invites one
+/// helper into the open quiet round, if any (once per round). Takes no lock
+/// (the thread may be stopped by a signal anywhere here). A store of a round
+/// that closed meanwhile only makes a helper look at it and leave.
+pub fn lend_cpu() {
+    let r = QUIET_ROUND.load(Acquire);
+    if r == 0 || HELPERS.load(Relaxed) == 0 || INVITED.swap(true, Relaxed) {
+        return;
+    }
+    ROUND.store(r, Release);
+    futex::wake(&ROUND, 1);
 }
 
 /// Whether some marker of the running team is waiting for work that the
