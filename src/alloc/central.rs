@@ -342,7 +342,12 @@ pub fn sweep(s: *mut Span, collect: bool) -> Swept {
             from = to;
         }
         drop(g);
-        yield_to_waiters(sc);
+        // Only the collector's background sweep defers to waiters: an
+        // allocating thread sweeping (reclaim) is inside the allocator, where
+        // a stop of the world waits for it.
+        if crate::gc::on_collector_thread() {
+            yield_to_waiters(sc);
+        }
     }
 }
 
@@ -531,6 +536,14 @@ pub fn spans_in_use(sc: usize) -> usize {
 pub fn lock_for_fork() {
     for c in CENTRAL.iter() {
         core::mem::forget(c.lock.lock());
+    }
+}
+
+/// In a forked child: threads of the parent that were waiting for a class
+/// lock do not exist here (their count would keep the sweep yielding).
+pub fn forget_waiters_after_fork() {
+    for c in CENTRAL.iter() {
+        c.waiters.store(0, Relaxed);
     }
 }
 

@@ -850,8 +850,14 @@ fn sweep_all() {
     while sweep_one().is_some() {}
 }
 
-/// Spans an allocating thread sweeps at most before taking fresh pages.
-const RECLAIM_SPANS: usize = 64;
+/// Spans an allocating thread sweeps at most before taking fresh pages (it
+/// is inside the allocator meanwhile, where a stop waits for it).
+const RECLAIM_SPANS: usize = 32;
+
+/// Whether the calling thread is the collector's (or a helper marker).
+pub fn on_collector_thread() -> bool {
+    IS_COLLECTOR.with(|c| c.get())
+}
 
 /// Before the page heap hands out `npages` pages for span class `sc` (0 for
 /// a large object): while the last cycle's sweep is unfinished, sweep spans

@@ -205,11 +205,17 @@ pub(super) fn start_helpers() {
 
 /// In a forked child: no helper exists; the parent's may have held the lock.
 pub(super) fn reset_after_fork() {
+    // A helper of the parent may have held either lock at the fork.
     if POOL.is_locked() {
         // SAFETY: its holder does not exist in the child.
         unsafe { POOL.force_unlock() };
     }
+    if CONFIG.is_locked() {
+        // SAFETY: as above.
+        unsafe { CONFIG.force_unlock() };
+    }
     POOL.lock().closed = true;
+    QUIET_ROUND.store(0, Relaxed);
     HELPERS.store(0, Relaxed);
 }
 
