@@ -258,14 +258,22 @@ fn wait_for_cycle() {
     if IS_COLLECTOR.with(|c| c.get()) {
         return;
     }
-    let t0 = crate::sys::os::now_ns();
     let seen = MARKS_ENDED.load(Acquire);
+    bounded_wait(&MARKS_ENDED, 100_000, |v| v != seen || marking());
+}
+
+/// Waits on `word` (woken when it changes, checking again every
+/// `recheck_ns`) until `done` holds for its value or `THROTTLE_MAX_NS` have
+/// passed; the time counts as throttled.
+fn bounded_wait(word: &AtomicU32, recheck_ns: u64, done: impl Fn(u32) -> bool) {
+    let t0 = crate::sys::os::now_ns();
     loop {
+        let v = word.load(Acquire);
         let waited = crate::sys::os::now_ns() - t0;
-        if MARKS_ENDED.load(Acquire) != seen || marking() || waited >= THROTTLE_MAX_NS {
+        if done(v) || waited >= THROTTLE_MAX_NS {
             break;
         }
-        futex::wait(&MARKS_ENDED, seen, Some(100_000));
+        futex::wait(word, v, Some((THROTTLE_MAX_NS - waited).min(recheck_ns)));
     }
     C.throttled_ns
         .fetch_add(crate::sys::os::now_ns() - t0, Relaxed);
@@ -302,19 +310,11 @@ fn throttle_wait() {
     if IS_COLLECTOR.with(|c| c.get()) {
         return;
     }
-    let t0 = crate::sys::os::now_ns();
     parallel::lend_cpu();
-    loop {
-        let v = THROTTLE.load(Acquire);
-        let waited = crate::sys::os::now_ns() - t0;
-        if (v == 0 && !(marking() && over_goal())) || waited >= THROTTLE_MAX_NS {
-            break;
-        }
-        // Woken when the throttle ends; re-checks the heap every 200 us.
-        futex::wait(&THROTTLE, v, Some((THROTTLE_MAX_NS - waited).min(200_000)));
-    }
-    C.throttled_ns
-        .fetch_add(crate::sys::os::now_ns() - t0, Relaxed);
+    // Woken when the throttle ends; re-checks the heap every 200 us.
+    bounded_wait(&THROTTLE, 200_000, |v| {
+        v == 0 && !(marking() && over_goal())
+    });
 }
 
 /// Turns the throttle on for the life of the guard (see `THROTTLE`).
@@ -711,7 +711,9 @@ pub struct GcStats {
     /// The most entries the mark stack held (16 bytes each).
     pub mark_stack_peak: u64,
     /// Cycles whose precleaning or termination rounds throttled allocation,
-    /// and the time allocating threads spent waiting (summed over threads).
+    /// and the time allocating threads spent waiting (summed over threads:
+    /// throttled, past the goal during a mark, or far past it before the
+    /// cycle started).
     pub throttled_rounds: u64,
     pub throttled_ns: u64,
     /// Written pages rescanned with the world running before the first
