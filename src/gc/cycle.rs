@@ -512,7 +512,7 @@ struct RunBuffer {
     scannable: usize,
 }
 
-const RUNS: usize = 1 << 16;
+const RUNS: usize = 1 << 20;
 static RUN_MEM: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
 impl RunBuffer {
