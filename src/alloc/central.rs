@@ -197,13 +197,15 @@ pub fn refill(sc: usize, out: &mut [Entry]) -> usize {
         let s = g.inner.partial.head;
         if s.is_null() {
             drop(g);
-            // Sweeping may free a span of this class or pages for a new one.
-            crate::gc::reclaim(sizeclass::pages_of_class(class_of_sc(sc)), sc);
-            g = lock(sc);
-            if !g.inner.partial.head.is_null() {
-                continue;
+            if crate::gc::sweep_pending() {
+                // Sweeping may free a span of this class or pages for a new one.
+                crate::gc::reclaim(sizeclass::pages_of_class(class_of_sc(sc)), sc);
+                g = lock(sc);
+                if !g.inner.partial.head.is_null() {
+                    continue;
+                }
+                drop(g);
             }
-            drop(g);
             let s = new_span(sc);
             g = lock(sc);
             if s.is_null() {

@@ -605,11 +605,7 @@ impl Marker {
     /// overflow by rescanning marked objects.
     pub fn drain(&mut self) {
         loop {
-            self.drain_prefetching();
-            self.flush_pipe();
-            if self.len > self.bottom {
-                continue;
-            }
+            self.drain_local();
             if !self.overflowed {
                 return;
             }
@@ -798,7 +794,6 @@ fn scanned_size(sp: &span::Span, i: usize, slot: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use core::sync::atomic::AtomicU64;
 
     /// Whether `p`'s slot is marked, and clears the mark (leaving the span's
     /// other marks, which a pending sweep may need, alone).
@@ -810,7 +805,7 @@ mod tests {
         let i = sp.slot_of(p);
         let marked = sp.is_marked(i);
         // SAFETY: i < nelems; no cycle runs (without_cycles).
-        let w = unsafe { &*(sp.marks.add(i / 64) as *const AtomicU64) };
+        let w = unsafe { &*sp.marks.add(i / 64) };
         w.fetch_and(!(1u64 << (i % 64)), Relaxed);
         marked
     }

@@ -847,6 +847,11 @@ fn sweep_one() -> Option<(usize, bool)> {
     }
 }
 
+/// Whether the last cycle's sweep pass has spans left to claim.
+pub fn sweep_pending() -> bool {
+    SWEEP_CURSOR.load(Relaxed) < heap::committed_end()
+}
+
 /// Sweeps every span not yet swept for the current generation.
 fn sweep_all() {
     while sweep_one().is_some() {}
@@ -867,7 +872,7 @@ pub fn on_collector_thread() -> bool {
 /// (Go's `mheap.reclaim`). Pages the sweep is about to free are then reused
 /// instead of fresh ones, which would grow the heap's footprint.
 pub fn reclaim(npages: usize, sc: usize) {
-    if SWEEP_CURSOR.load(Relaxed) >= heap::committed_end() {
+    if !sweep_pending() {
         return;
     }
     let target = heap::in_use_bytes().saturating_sub(npages * crate::alloc::sizeclass::PAGE_SIZE);

@@ -93,7 +93,7 @@ struct Pool {
     closed: bool,
     /// Markers holding work (the leader counts from the start).
     active: usize,
-    /// Helpers that joined and are waiting for work.
+    /// Markers (the leader too) that ran dry and wait for work.
     idle: usize,
     overflowed: bool,
     marked_bytes: u64,
