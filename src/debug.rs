@@ -42,6 +42,9 @@ pub struct HeapReport {
     pub live_bytes: usize,
     /// Free slots held by per-CPU caches and transfer batches.
     pub cached_slots: usize,
+    /// Slots freed on a CPU other than their span's owner and not yet merged
+    /// back into their span (see `central::free_remote`).
+    pub remote_slots: usize,
 }
 
 /// Checks every invariant of the heap. Call only when no other thread is
@@ -128,6 +131,12 @@ fn verify_quiescent() -> Result<HeapReport, VerifyError> {
                 e.ptr,
             ));
         }
+        if sp.is_remote_free(i) {
+            return Err(VerifyError::new(
+                "cached slot is also a pending remote free",
+                e.ptr,
+            ));
+        }
         if sp.slot_state(i).load(Relaxed) != span::SLOT_FREE {
             return Err(VerifyError::new("cached slot is marked allocated", e.ptr));
         }
@@ -173,6 +182,21 @@ fn check_small(sp: &span::Span, r: &mut HeapReport) -> Result<(), VerifyError> {
     for i in 0..n {
         let st = sp.slot_state(i).load(Relaxed);
         let in_span = sp.is_slot_free_in_span(i);
+        if sp.is_remote_free(i) {
+            r.remote_slots += 1;
+            if in_span || st != span::SLOT_FREE {
+                return Err(VerifyError::new(
+                    "remotely freed slot is free in its span or allocated",
+                    sp.slot_addr(i),
+                ));
+            }
+            if sp.remote_header().queued.load(Relaxed) == 0 {
+                return Err(VerifyError::new(
+                    "span with remote frees is not queued for a merge",
+                    sp.slot_addr(i),
+                ));
+            }
+        }
         if in_span {
             free += 1;
             if st != span::SLOT_FREE {
@@ -187,7 +211,7 @@ fn check_small(sp: &span::Span, r: &mut HeapReport) -> Result<(), VerifyError> {
             st if span::is_allocated(st) => {
                 r.live_objects += 1;
                 r.live_bytes += sp.elemsize as usize;
-                if sp.tiny {
+                if sp.is_tiny() {
                     // A published block: freed offsets are carved ones, and
                     // some object is still live (else the block was freed).
                     // An unpublished one (carved == 0) is a CPU's current block.

@@ -61,6 +61,9 @@ pub struct Stats {
     /// Where per-CPU caches get their CPU number: "rseq (glibc)", "rseq (own)" or "locked".
     pub cache_mode: &'static str,
     pub cpus: usize,
+    /// Frees of slots whose span another CPU's cache owns: they go back to
+    /// that span (its remote-free bits), not into the freeing CPU's cache.
+    pub remote_frees: u64,
     /// Indexed by size class (0 unused).
     pub classes: [ClassStats; sizeclass::NUM_CLASSES],
     /// The garbage collector.
@@ -139,6 +142,7 @@ pub fn stats() -> Stats {
             "rseq (own)"
         },
         cpus: cache::ncaches() / 2,
+        remote_frees: if ready { cache::remote_frees() } else { 0 },
         classes,
         gc,
     }
@@ -201,8 +205,8 @@ pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
     )?;
     writeln!(
         out,
-        "  caches      per-CPU, {}, {} CPUs",
-        s.cache_mode, s.cpus
+        "  caches      per-CPU, {}, {} CPUs, {} remote frees",
+        s.cache_mode, s.cpus, s.remote_frees
     )?;
     let g = &s.gc;
     if g.mode != "off" {
@@ -353,8 +357,8 @@ pub fn write_json(out: &mut dyn Write, s: &Stats) -> fmt::Result {
     )?;
     write!(
         out,
-        "\"metadata_bytes\":{},\"mapped_bytes\":{},\"resident_bytes\":{},\"cache_mode\":\"{}\",\"cpus\":{},",
-        s.metadata_bytes, s.mapped_bytes, s.resident_bytes, s.cache_mode, s.cpus
+        "\"metadata_bytes\":{},\"mapped_bytes\":{},\"resident_bytes\":{},\"cache_mode\":\"{}\",\"cpus\":{},\"remote_frees\":{},",
+        s.metadata_bytes, s.mapped_bytes, s.resident_bytes, s.cache_mode, s.cpus, s.remote_frees
     )?;
     write!(
         out,

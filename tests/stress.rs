@@ -584,6 +584,145 @@ fn locked_fallback() {
 /// where it works) every few thousand allocations: none of the program's
 /// memory is reachable only in ways the collector cannot see, so nothing may
 /// be lost while threads allocate, free and move pointers around.
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the call fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Pins the calling thread to one CPU.
+fn pin_to(cpu: usize) {
+    // SAFETY: as above; the set names one CPU the process may use.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "cannot pin to CPU {cpu}"
+        );
+    }
+}
+
+/// A thread on one CPU allocates, a thread pinned to another frees: the frees
+/// are remote (counted), the freeing CPU never hands those slots out again
+/// (that is what keeps two threads off one cache line: passive false
+/// sharing), and the owner gets them back through its refills.
+fn remote_frees() {
+    const N: usize = 100;
+    let l = Layout::from_size_align(200, 8).unwrap(); // the 208-byte class
+    let cpus = allowed_cpus();
+    if magpie::stats().cache_mode == "locked" || cpus.len() < 2 {
+        println!(
+            "    skipped: needs rseq caches and two CPUs (have {:?})",
+            cpus
+        );
+        return;
+    }
+    let (a_cpu, b_cpu) = (cpus[0], cpus[1]);
+    let cycles = magpie::stats().gc.cycles;
+    let owned: Vec<usize> = std::thread::spawn(move || {
+        pin_to(a_cpu);
+        (0..N)
+            // SAFETY: a valid non-zero-size layout; the block is written in bounds.
+            .map(|k| unsafe {
+                let p = alloc(l);
+                assert!(!p.is_null());
+                fill(p, 200, k as u64, 0);
+                p as usize
+            })
+            .collect()
+    })
+    .join()
+    .unwrap();
+    let sorted = {
+        let mut v = owned.clone();
+        v.sort_unstable();
+        v
+    };
+    let remote_before = magpie::stats().remote_frees;
+    let reused = std::thread::spawn(move || {
+        pin_to(b_cpu);
+        for (k, &p) in owned.iter().enumerate() {
+            // SAFETY: allocated above with layout l, freed once.
+            unsafe {
+                assert_eq!(
+                    check(p as *const u8, 200, k as u64),
+                    None,
+                    "block {p:#x} corrupted"
+                );
+                dealloc(p as *mut u8, l);
+            }
+        }
+        let remote = magpie::stats().remote_frees - remote_before;
+        // SAFETY: as above.
+        let mine: Vec<usize> = (0..N).map(|_| unsafe { alloc(l) } as usize).collect();
+        let reused = mine
+            .iter()
+            .filter(|p| sorted.binary_search(p).is_ok())
+            .count();
+        for &p in &mine {
+            // SAFETY: allocated just above with layout l.
+            unsafe { dealloc(p as *mut u8, l) };
+        }
+        (remote, reused, sorted)
+    })
+    .join()
+    .unwrap();
+    let (remote, reused, sorted) = reused;
+    if magpie::stats().gc.cycles != cycles {
+        // A cycle flushes every cache and merges remote frees, after which
+        // any CPU may take the slots: only the accounting can be checked.
+        println!("    a collection ran meanwhile: reuse not checked");
+        return;
+    }
+    assert!(
+        remote >= N as u64,
+        "{remote} of {N} cross-CPU frees were remote"
+    );
+    assert_eq!(
+        reused, 0,
+        "the freeing CPU handed out {reused} of the slots it freed remotely"
+    );
+    // The owner's refills merge the remote frees back: allocating more than
+    // every partial span holds brings all of them back to CPU a.
+    let back = std::thread::spawn(move || {
+        pin_to(a_cpu);
+        // SAFETY: as above.
+        let mine: Vec<usize> = (0..2000).map(|_| unsafe { alloc(l) } as usize).collect();
+        let back = mine
+            .iter()
+            .filter(|p| sorted.binary_search(p).is_ok())
+            .count();
+        for &p in &mine {
+            // SAFETY: allocated just above with layout l.
+            unsafe { dealloc(p as *mut u8, l) };
+        }
+        back
+    })
+    .join()
+    .unwrap();
+    // A slot stays queued when the span changed owner meanwhile (CPU b's
+    // refill took slots from it); trim merges whatever is left.
+    if magpie::stats().gc.cycles == cycles {
+        assert!(
+            back >= N / 2,
+            "only {back} of {N} remotely freed slots came back to their owner"
+        );
+    }
+    magpie::trim();
+    let rep = magpie::debug::verify_heap().unwrap();
+    assert_eq!(rep.remote_slots, 0, "trim left remote frees unmerged");
+}
+
 fn under_gc_stress() {
     let t = Instant::now();
     let out = common::reexec(
@@ -618,6 +757,7 @@ const SCENARIOS: &[Scenario] = &[
     ("realloc_grow_shrink", realloc_grow_shrink),
     ("zeroed_on_reuse", zeroed_on_reuse),
     ("producer_consumer", producer_consumer),
+    ("remote_frees", remote_frees),
     ("thread_churn", thread_churn),
     ("collections_under_load", collections_under_load),
     ("locked_fallback", locked_fallback),

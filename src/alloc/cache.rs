@@ -46,6 +46,8 @@ pub struct CpuStats {
     pub allocs: [AtomicU64; NUM_SPANCLASSES],
     pub frees: [AtomicU64; NUM_SPANCLASSES],
     pub tiny_bytes: AtomicU64,
+    /// Frees of slots owned by another CPU (see `central::free_remote`).
+    pub remote_frees: AtomicU64,
 }
 
 #[repr(C, align(64))]
@@ -143,6 +145,13 @@ pub fn for_each_op_count(mut f: impl FnMut(usize, u64, u64)) {
     }
 }
 
+/// Frees that went to their span's owner as remote frees, over all CPUs.
+pub fn remote_frees() -> u64 {
+    (0..ncaches())
+        .map(|i| cache_at(i).stats.remote_frees.load(Relaxed))
+        .sum()
+}
+
 /// The rseq cache of the CPU the thread runs on now (statistics only: the
 /// thread may migrate at any moment).
 fn this_cpu_cache(off: isize) -> &'static CpuCache {
@@ -177,15 +186,16 @@ pub fn pop(sc: usize) -> usize {
     p
 }
 
-/// Pushes a freed slot. False on a miss (full, or no rseq).
+/// Pushes a freed slot of a span owned by `owner` (see `span::Span::owner`).
+/// False on a miss (another CPU's slot, cache full, or no rseq).
 #[inline(always)]
-pub fn push(sc: usize, e: Entry) -> bool {
+pub fn push(sc: usize, e: Entry, owner: u8) -> bool {
     let off = FAST.rseq_off.load(Relaxed);
     if off == 0 {
         return false;
     }
     // SAFETY: as in pop.
-    let c = unsafe { rseq_ops::push(off, sc * 8, e.ptr, e.state) };
+    let c = unsafe { rseq_ops::push(off, sc * 8, e.ptr, e.state, owner) };
     if c != 0 {
         // SAFETY: c is the cache the push used; sc < NUM_SPANCLASSES.
         bump(unsafe { (*(c as *const CpuCache)).stats.frees.get_unchecked(sc) });
@@ -342,7 +352,7 @@ pub fn pop_slow(sc: usize) -> usize {
             if p != 0 {
                 return p;
             }
-            let n = central::refill(sc, &mut buf[..want]);
+            let n = central::refill(sc, &mut buf[..want], rseq::cpu_id_at(off) as u8);
             if n == 0 {
                 return 0;
             }
@@ -366,7 +376,9 @@ pub fn pop_slow(sc: usize) -> usize {
                     return mark_allocated(e);
                 }
             }
-            let n = central::refill(sc, &mut buf[..want]);
+            // SAFETY: sched_getcpu has no preconditions.
+            let cpu = unsafe { libc::sched_getcpu() };
+            let n = central::refill(sc, &mut buf[..want], cpu as u8);
             if n == 0 {
                 return 0;
             }
@@ -388,22 +400,32 @@ fn mark_allocated(e: Entry) -> usize {
     e.ptr
 }
 
-/// Drain: the cache of span class `sc` was full when freeing `e` (whose state
-/// byte is already clear).
+/// The free fast path missed on `e`, slot `i` of small span `s` (its state
+/// byte already clear): the slot is another CPU's (a remote free), or the
+/// cache is full (drain a batch), or the thread has no rseq.
 #[cold]
-pub fn push_slow(sc: usize, e: Entry) {
+pub fn push_slow(s: &span::Span, i: usize, e: Entry) {
+    let sc = s.spanclass as usize;
     let mut buf = [Entry::default(); MAX_BATCH];
     let want = central::batch(sc);
     match route() {
         Route::Rseq(off) => {
-            if push(sc, e) {
+            let cpu = rseq::cpu_id_at(off);
+            if cpu >= 0 && cpu as u8 != s.owner.load(Relaxed) {
+                let st = &this_cpu_cache(off).stats;
+                bump(&st.frees[sc]);
+                bump(&st.remote_frees);
+                central::free_remote(s, i);
+                return;
+            }
+            if push(sc, e, cpu as u8) {
                 return;
             }
             let a = args(sc, &mut buf[..want]);
             // SAFETY: off is registered for this thread; a describes buf.
             let k = unsafe { rseq_ops::pop_batch(off, &a) };
             central::drain(sc, &buf[..k]);
-            if !push(sc, e) {
+            if !push(sc, e, cpu as u8) {
                 bump(&this_cpu_cache(off).stats.frees[sc]);
                 central::drain(sc, &[e]);
             }
@@ -601,8 +623,8 @@ fn free_tiny_block(s: &span::Span, i: usize) {
         central::drain(TINY_SC, &[e]);
         return;
     }
-    if !push(TINY_SC, e) {
-        push_slow(TINY_SC, e);
+    if !push(TINY_SC, e, s.owner.load(Relaxed)) {
+        push_slow(s, i, e);
     }
 }
 

@@ -14,7 +14,9 @@
 
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::{
+    AtomicPtr, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use spin::Mutex;
 
 use super::heap;
@@ -105,6 +107,9 @@ struct Inner {
     batches: [[Entry; MAX_BATCH]; TRANSFER_SLOTS],
     /// Spans of this class in use, for statistics.
     nspans: usize,
+    /// Refills by a CPU that left other CPUs' remote frees queued, since the
+    /// last merge of the whole list ([`merge_remote`]).
+    remote_skips: u32,
 }
 
 #[repr(align(64))]
@@ -112,6 +117,9 @@ struct Central {
     lock: Mutex<()>,
     /// Threads spinning for `lock` (see [`yield_to_waiters`]).
     waiters: AtomicU32,
+    /// Spans with remotely freed slots ([`free_remote`]), linked through
+    /// their `RemoteHeader`s: pushed without the lock, taken whole under it.
+    remote: AtomicPtr<Span>,
     inner: UnsafeCell<*mut Inner>,
 }
 
@@ -123,6 +131,7 @@ static CENTRAL: [Central; NUM_SPANCLASSES] = [const {
     Central {
         lock: Mutex::new(()),
         waiters: AtomicU32::new(0),
+        remote: AtomicPtr::new(ptr::null_mut()),
         inner: UnsafeCell::new(ptr::null_mut()),
     }
 }; NUM_SPANCLASSES];
@@ -181,11 +190,125 @@ fn new_span(sc: usize) -> *mut Span {
     s
 }
 
+/// Frees slot `i` of small span `s` on a CPU that is not the span's owner
+/// (its state byte already cleared): sets its remote bit and, if the span was
+/// not queued yet, pushes it on its class's remote list. No lock: a producer
+/// and a consumer thread never meet on a central lock per object.
+pub fn free_remote(s: &Span, i: usize) {
+    if !s.note_remote_free(i) {
+        return;
+    }
+    let c = &CENTRAL[s.spanclass as usize];
+    let sp = s as *const Span as *mut Span;
+    let mut head = c.remote.load(Relaxed);
+    loop {
+        s.remote_header().next.store(head, Relaxed);
+        // Release: the merger that takes the list sees the link.
+        match c.remote.compare_exchange_weak(head, sp, Release, Relaxed) {
+            Ok(_) => return,
+            Err(h) => head = h,
+        }
+    }
+}
+
+/// Refills by non-owners after which every queued span is merged, whoever
+/// owns it: an owner CPU that stopped allocating this class must not strand
+/// its remote frees.
+const REMOTE_PATIENCE: u32 = 16;
+
+/// Moves the remotely freed slots of class `sc` back into their spans (class
+/// lock held): those of spans `me` owns, or of all spans when `me` is None
+/// (trim, mark termination) or after [`REMOTE_PATIENCE`] refills that left
+/// others queued. A non-owner that took a span's remote frees would hand them
+/// out at once, next to the objects the owner's threads are using. The list
+/// is taken whole (no ABA: nobody pops single spans); spans left queued are
+/// pushed back. A span stays alive while queued: nothing releases it.
+fn merge_remote(g: &mut Guard<'_>, sc: usize, me: Option<u8>) {
+    let c = &CENTRAL[sc];
+    if c.remote.load(Relaxed).is_null() {
+        return;
+    }
+    let all = me.is_none() || g.inner.remote_skips >= REMOTE_PATIENCE;
+    let mut s = c.remote.swap(ptr::null_mut(), Acquire);
+    let (mut kept, mut kept_tail): (*mut Span, *mut Span) = (ptr::null_mut(), ptr::null_mut());
+    while !s.is_null() {
+        // SAFETY: a queued span is a live small span of this class (it is
+        // released only once off the list, in settle, under this lock).
+        unsafe {
+            // The link first: once the span is unqueued, a new remote free
+            // may push it again and overwrite it.
+            let next = (*s).remote_header().next.load(Relaxed);
+            if all || Some((*s).owner.load(Relaxed)) == me {
+                (*s).take_remote();
+                settle(g, s);
+            } else {
+                // Still queued: no remote free pushes it meanwhile.
+                (*s).remote_header().next.store(kept, Relaxed);
+                if kept.is_null() {
+                    kept_tail = s;
+                }
+                kept = s;
+            }
+            s = next;
+        }
+    }
+    if kept.is_null() {
+        g.inner.remote_skips = 0;
+        return;
+    }
+    g.inner.remote_skips += 1;
+    let mut head = c.remote.load(Relaxed);
+    loop {
+        // SAFETY: kept_tail is a queued span only this thread links.
+        unsafe { (*kept_tail).remote_header().next.store(head, Relaxed) };
+        match c.remote.compare_exchange_weak(head, kept, Release, Relaxed) {
+            Ok(_) => return,
+            Err(h) => head = h,
+        }
+    }
+}
+
+/// After slots came back to small span `s` (class lock held): releases it
+/// when all its slots are back (unless a concurrent mark may be reading it,
+/// or it is queued for a remote merge), else makes sure it is on the
+/// partial list.
+///
+/// # Safety
+/// `s` is a live small span of the locked class.
+unsafe fn settle(g: &mut Guard<'_>, s: *mut Span) {
+    // SAFETY: the caller's contract.
+    let sp = unsafe { &mut *s };
+    if sp.nfree == 0 {
+        return;
+    }
+    if sp.nfree == sp.nelems
+        && !crate::gc::marking()
+        && sp.remote_header().queued.load(Relaxed) == 0
+    {
+        if sp.in_partial {
+            // SAFETY: on this class's list.
+            unsafe { g.inner.partial.remove(s) };
+            sp.in_partial = false;
+        }
+        g.inner.nspans -= 1;
+        SPANS_RELEASED.fetch_add(1, Relaxed);
+        // SAFETY: no slot of the span is out any more, and it is on no list.
+        unsafe { heap::free_span(s) };
+    } else if !sp.in_partial {
+        sp.in_partial = true;
+        // SAFETY: not on any list.
+        unsafe { g.inner.partial.push(s) };
+    }
+}
+
 /// Fills `out` with free slots of span class `sc`: a whole transfer batch when
-/// one fits, else slots from partial spans, growing the class from the page
-/// heap as needed. Returns how many (0: out of memory).
-pub fn refill(sc: usize, out: &mut [Entry]) -> usize {
+/// one fits, else slots from partial spans (remotely freed slots merged back
+/// first), growing the class from the page heap as needed. Slots taken from a
+/// span make `owner` (the calling CPU) its owner. Returns how many (0: out
+/// of memory).
+pub fn refill(sc: usize, out: &mut [Entry], owner: u8) -> usize {
     let mut g = lock(sc);
+    merge_remote(&mut g, sc, Some(owner));
     if g.inner.nbatches > 0 && out.len() >= batch(sc) {
         g.inner.nbatches -= 1;
         let b = batch(sc);
@@ -227,6 +350,7 @@ pub fn refill(sc: usize, out: &mut [Entry]) -> usize {
                 sweep_locked(&mut g, s);
                 continue;
             }
+            (*s).owner.store(owner, Relaxed);
             n += (*s).take_slots(&mut out[n..]);
             if (*s).nfree == 0 {
                 g.inner.partial.remove(s);
@@ -268,23 +392,12 @@ fn return_slot(g: &mut Guard<'_>, p: usize) {
         crate::sys::fatal::fatal("internal error: cached slot outside the heap", Some(p));
     }
     // SAFETY: s is an in-use span of this class; its bitmap is guarded by the lock.
+    // While the collector marks, spans stay (a concurrent marker may be
+    // reading their bitmaps); the sweep after the cycle releases them.
     unsafe {
         let i = (*s).slot_of(p);
         (*s).put_slot(i);
-        // While the collector marks, spans stay (a concurrent marker may be
-        // reading their bitmaps); the sweep after the cycle releases them.
-        if (*s).nfree == (*s).nelems && !crate::gc::marking() {
-            if (*s).in_partial {
-                g.inner.partial.remove(s);
-                (*s).in_partial = false;
-            }
-            g.inner.nspans -= 1;
-            SPANS_RELEASED.fetch_add(1, Relaxed);
-            heap::free_span(s);
-        } else if !(*s).in_partial {
-            (*s).in_partial = true;
-            g.inner.partial.push(s);
-        }
+        settle(g, s);
     }
 }
 
@@ -445,23 +558,10 @@ unsafe fn finish_sweep(g: &mut Guard<'_>, s: *mut Span, gen: u32) {
     let sp = unsafe { &mut *s };
     sp.clear_marks();
     sp.sweepgen.store(gen, Relaxed);
-    if sp.nfree == sp.nelems {
-        // All free: also spans emptied by frees during a concurrent mark,
-        // which were kept then.
-        if sp.in_partial {
-            // SAFETY: on this class's list.
-            unsafe { g.inner.partial.remove(s) };
-            sp.in_partial = false;
-        }
-        g.inner.nspans -= 1;
-        SPANS_RELEASED.fetch_add(1, Relaxed);
-        // SAFETY: no slot of the span is out any more.
-        unsafe { heap::free_span(s) };
-    } else if sp.nfree > 0 && !sp.in_partial {
-        sp.in_partial = true;
-        // SAFETY: not on any list.
-        unsafe { g.inner.partial.push(s) };
-    }
+    // All free: also spans emptied by frees during a concurrent mark, which
+    // were kept then.
+    // SAFETY: the caller's contract.
+    unsafe { settle(g, s) };
 }
 
 /// Empties the transfer caches into the spans (trim, and the collector's mark
@@ -469,6 +569,7 @@ unsafe fn finish_sweep(g: &mut Guard<'_>, s: *mut Span, gen: u32) {
 pub fn flush_transfer() {
     for sc in 2..NUM_SPANCLASSES {
         let mut g = lock(sc);
+        merge_remote(&mut g, sc, None);
         while g.inner.nbatches > 0 {
             g.inner.nbatches -= 1;
             let i = g.inner.nbatches;
@@ -508,7 +609,7 @@ pub fn verify_span(s: &Span) -> Result<(), crate::debug::VerifyError> {
             s.base,
         ));
     }
-    if s.nfree == s.nelems {
+    if s.nfree == s.nelems && s.remote_header().queued.load(Relaxed) == 0 {
         return Err(E::new(
             "all-free span was not returned to the page heap",
             s.base,

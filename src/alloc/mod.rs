@@ -404,8 +404,8 @@ pub fn free(p: *mut u8) {
                 state: st as *const AtomicU8 as usize,
             };
             let sc = s.spanclass as usize;
-            if !cache::push(sc, e) {
-                free_slow(sc, e);
+            if !cache::push(sc, e, s.owner.load(Relaxed)) {
+                free_slow(s, i, e);
             }
         }
         Owner::Tiny(s, i) => {
@@ -429,9 +429,9 @@ fn double_free(p: usize) -> ! {
 
 #[cold]
 #[inline(never)]
-fn free_slow(sc: usize, e: Entry) {
+fn free_slow(s: &span::Span, i: usize, e: Entry) {
     let _g = guard::enter();
-    cache::push_slow(sc, e);
+    cache::push_slow(s, i, e);
 }
 
 #[cold]

@@ -146,18 +146,22 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> (usize, usize) {
     (p, c)
 }
 
-/// Pushes a free slot (address and state byte) onto the current CPU's cache.
-/// Returns the cache, or 0 when it is full or the thread has no valid CPU.
+/// Pushes a free slot (address and state byte) onto the current CPU's cache
+/// if the low byte of the CPU number is `owner` (the slot's span's owner; see
+/// `span::Span::owner`). Returns the cache, or 0 when the CPU is not the
+/// owner, the cache is full or the thread has no valid CPU.
 ///
 /// # Safety
 /// As for [`pop`].
 #[inline(always)]
-pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize) -> usize {
+pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: u8) -> usize {
     let r: usize;
     // SAFETY: as for pop; entries above `current` are scratch until the commit.
     unsafe {
         asm!(
             rseq_begin!(),
+            "cmp {c:l}, {own}",
+            "jne 7f",
             rseq_cpu_cache!(),
             "mov {h}, qword ptr [{c} + {hoff}]",
             "movzx {t:e}, {h:x}",
@@ -183,6 +187,7 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize) -> usiz
             hoff = in(reg) hdr_off,
             ptr = in(reg) ptr,
             st = in(reg) state,
+            own = in(reg_byte) owner,
             shift = const SHIFT,
             ent_p = const ENTRIES_OFF,
             ent_s = const ENTRIES_OFF + 8,

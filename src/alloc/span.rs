@@ -10,13 +10,21 @@
 //!   pointer is caught), and the collector asks it whether a slot is allocated.
 //!   A byte rather than a bit, so that threads on different CPUs update
 //!   neighbouring slots without read-modify-write.
+//! - `remote` (1 bit per slot, atomic): slots freed on a CPU other than the
+//!   span's `owner` (the CPU whose cache last took slots from it). Such a free
+//!   does not go into the freeing CPU's cache, where that CPU would hand the
+//!   slot out again at once and its threads would write to a cache line the
+//!   owner's threads are using (passive false sharing); it sets the slot's
+//!   remote bit instead, and the first such free queues the span on its
+//!   class's remote list (a lock-free stack), which the next refill of the
+//!   class merges back into the free bits (see `central::free_remote`).
 //! - `tiny_state` (tiny spans only, 32 bits per 16-byte block): which offsets
 //!   of the block start objects (low 16 bits, published when the carving CPU
 //!   lets the block go) and which of those were freed (high 16 bits); see
 //!   `cache::tiny_free`.
 
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 
 use super::meta;
 use super::sizeclass::{self, PAGE_SIZE};
@@ -112,7 +120,10 @@ pub struct Span {
     pub spanclass: u8,
     pub class: u8,
     pub noscan: bool,
-    pub tiny: bool,
+    /// Small spans: the CPU (mod 256) whose cache last took slots from the
+    /// span; a free on another CPU is a remote free. Only a routing hint: a
+    /// stale or aliased value costs speed, never correctness.
+    pub owner: AtomicU8,
     /// The slot-state byte of a large span's single object.
     pub large_alloc: AtomicU8,
     /// Large spans: the mark bit of the object.
@@ -135,7 +146,8 @@ pub struct Span {
     /// Free spans: when they became free, in ms modulo 2^32 (see
     /// `heap::now_ms32`), for the scavenger's delay.
     pub free_since_ms: u32,
-    /// Small spans: the metadata block, which starts with the free bits.
+    /// Small spans: the free bits, in the metadata block just after its
+    /// [`RemoteHeader`].
     pub free_bits: *mut u64,
     pub tiny_state: *const AtomicU32,
     /// Small spans: the collector's mark bits, one per slot.
@@ -197,29 +209,31 @@ impl Span {
         } else {
             0
         };
-        let bytes = words * 16 + site_bytes + tiny_bytes + n;
+        let bytes = HEADER + words * 24 + site_bytes + tiny_bytes + n;
         let block = meta::alloc(bytes);
         if block.is_null() {
             return false;
         }
         self.bits_size = bytes as u32;
-        self.free_bits = block as *mut u64;
-        // SAFETY: the block holds words*8 bytes of free bits, words*8 of mark
-        // bits, then (leakcheck) n 8-byte site records, then (tiny) n 4-byte
-        // block states, then n slot-state bytes, all zeroed.
+        // SAFETY: the block holds the remote header, then words*8 bytes of
+        // free bits, words*8 of mark bits, words*8 of remote bits, then
+        // (leakcheck) n 8-byte site records, then (tiny) n 4-byte block
+        // states, then n slot-state bytes, all zeroed.
         unsafe {
+            let block = block.add(HEADER);
+            self.free_bits = block as *mut u64;
             self.marks = block.add(words * 8) as *const AtomicU64;
             self.sites = if site_bytes > 0 {
-                block.add(words * 16) as *const AtomicU64
+                block.add(words * 24) as *const AtomicU64
             } else {
                 ptr::null()
             };
             self.tiny_state = if tiny {
-                block.add(words * 16 + site_bytes) as *const AtomicU32
+                block.add(words * 24 + site_bytes) as *const AtomicU32
             } else {
                 ptr::null()
             };
-            self.alloc = block.add(words * 16 + site_bytes + tiny_bytes) as *const AtomicU8;
+            self.alloc = block.add(words * 24 + site_bytes + tiny_bytes) as *const AtomicU8;
             for w in 0..words {
                 let bits = if (w + 1) * 64 <= n {
                     !0u64
@@ -232,7 +246,7 @@ impl Span {
         self.class = class as u8;
         self.spanclass = spanclass;
         self.noscan = noscan;
-        self.tiny = tiny;
+        self.owner.store(0, Relaxed);
         self.elemsize = size as u32;
         self.nelems = n as u32;
         self.nfree = n as u32;
@@ -249,7 +263,6 @@ impl Span {
         self.class = 0;
         self.spanclass = 0;
         self.noscan = noscan;
-        self.tiny = false;
         self.elemsize = 0;
         self.nelems = 1;
         self.nfree = 0;
@@ -264,8 +277,18 @@ impl Span {
     /// Releases a small span's bitmaps (when the span goes back to the page heap).
     pub fn release_bits(&mut self) {
         if !self.free_bits.is_null() {
-            // SAFETY: the block came from meta::alloc(bits_size).
-            unsafe { meta::free(self.free_bits.cast(), self.bits_size as usize) };
+            debug_assert!(
+                self.remote_header().queued.load(Relaxed) == 0,
+                "span released while on a remote list"
+            );
+            // SAFETY: the block came from meta::alloc(bits_size), HEADER
+            // bytes before the free bits.
+            unsafe {
+                meta::free(
+                    self.free_bits.cast::<u8>().sub(HEADER),
+                    self.bits_size as usize,
+                )
+            };
             self.free_bits = ptr::null_mut();
             self.alloc = ptr::null();
             self.tiny_state = ptr::null();
@@ -311,7 +334,7 @@ impl Span {
     /// The carved/freed state of tiny block `i`.
     #[inline(always)]
     pub fn tiny_state(&self, i: usize) -> &AtomicU32 {
-        debug_assert!(self.tiny && i < self.nelems as usize);
+        debug_assert!(self.is_tiny() && i < self.nelems as usize);
         // SAFETY: tiny spans have nelems block states.
         unsafe { &*self.tiny_state.add(i) }
     }
@@ -399,6 +422,69 @@ impl Span {
         n
     }
 
+    /// True for spans of tiny blocks.
+    #[inline(always)]
+    pub fn is_tiny(&self) -> bool {
+        !self.tiny_state.is_null()
+    }
+
+    /// The remote-free header of a small span's metadata block.
+    #[inline(always)]
+    pub fn remote_header(&self) -> &RemoteHeader {
+        // SAFETY: small spans' free bits follow the header in their block.
+        unsafe { &*(self.free_bits.cast::<u8>().sub(HEADER) as *const RemoteHeader) }
+    }
+
+    /// The word of remote bits holding slot `i`'s.
+    #[inline(always)]
+    fn remote_word(&self, i: usize) -> &AtomicU64 {
+        let words = (self.nelems as usize).div_ceil(64);
+        // SAFETY: the remote bits follow the free and mark bits; i < nelems.
+        unsafe { &*(self.free_bits.add(2 * words + i / 64) as *const AtomicU64) }
+    }
+
+    /// True if slot `i` was freed remotely and not merged back yet.
+    pub fn is_remote_free(&self, i: usize) -> bool {
+        self.remote_word(i).load(Relaxed) & (1 << (i % 64)) != 0
+    }
+
+    /// Records a remote free of slot `i` (its state byte already cleared).
+    /// True if the caller must queue the span on its class's remote list:
+    /// the span was not queued. SeqCst, paired with [`take_remote`]: a bit set
+    /// after the merger took the bits sees the queue flag it cleared.
+    pub fn note_remote_free(&self, i: usize) -> bool {
+        let old = self
+            .remote_word(i)
+            .fetch_or(1 << (i % 64), core::sync::atomic::Ordering::SeqCst);
+        debug_assert!(old & (1 << (i % 64)) == 0, "slot freed remotely twice");
+        // Queued already (the common case of a stream of remote frees): a
+        // load, no second locked instruction. Seeing 1 here means the
+        // merger's unqueue comes later, and so does its taking of the bits.
+        let q = &self.remote_header().queued;
+        q.load(core::sync::atomic::Ordering::SeqCst) == 0
+            && q.swap(1, core::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// Takes the span off its remote list (the caller popped it) and moves
+    /// every remotely freed slot back into the free bits (central lock held).
+    /// Returns how many.
+    pub fn take_remote(&mut self) -> usize {
+        use core::sync::atomic::Ordering::SeqCst;
+        self.remote_header().queued.store(0, SeqCst);
+        let words = (self.nelems as usize).div_ceil(64);
+        let mut n = 0;
+        for w in 0..words {
+            let bits = self.remote_word(w * 64).swap(0, SeqCst);
+            let mut b = bits;
+            while b != 0 {
+                self.put_slot(w * 64 + b.trailing_zeros() as usize);
+                b &= b - 1;
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Puts slot `i` back into the span (central lock held).
     #[inline]
     pub fn put_slot(&mut self, i: usize) {
@@ -407,6 +493,17 @@ impl Span {
         unsafe { *self.free_bits.add(i / 64) |= 1 << (i % 64) };
         self.nfree += 1;
     }
+}
+
+/// Bytes before the free bits in a small span's metadata block.
+const HEADER: usize = core::mem::size_of::<RemoteHeader>();
+
+/// The start of a small span's metadata block: the span's link on its class's
+/// remote list and whether it is on it (kept out of the 128-byte record).
+#[repr(C)]
+pub struct RemoteHeader {
+    pub next: AtomicPtr<Span>,
+    pub queued: AtomicU32,
 }
 
 /// A cached free slot: its address and the address of its state byte, so that
@@ -509,6 +606,37 @@ mod tests {
         assert_eq!(span.take_slots(&mut rest), n - 99);
         assert_eq!(span.nfree, 0);
         assert!(rest[..n - 99].iter().any(|e| e.ptr == span.slot_addr(5)));
+        // SAFETY: the record is ours and on no list.
+        unsafe { Span::free_record(s) };
+    }
+
+    #[test]
+    fn remote_frees_queue_once_and_merge_back() {
+        let s = Span::new_record(0x20_0000, 1);
+        // SAFETY: s is a fresh record owned by this test.
+        let span = unsafe { &mut *s };
+        assert!(span.init_small(5, false, false, 10)); // 48-byte class
+        let n = span.nelems as usize;
+        let mut out = [Entry::default(); 170];
+        assert_eq!(span.take_slots(&mut out[..n]), n);
+        // The first remote free asks for the span to be queued, later ones not.
+        assert!(span.note_remote_free(3));
+        assert!(!span.note_remote_free(70));
+        assert!(!span.note_remote_free(n - 1));
+        assert!(span.is_remote_free(70) && !span.is_slot_free_in_span(70));
+        assert_eq!(span.nfree, 0);
+        // The merge unqueues the span and moves the bits into the free bits.
+        assert_eq!(span.take_remote(), 3);
+        assert_eq!(span.nfree, 3);
+        for i in [3, 70, n - 1] {
+            assert!(span.is_slot_free_in_span(i) && !span.is_remote_free(i));
+        }
+        assert_eq!(span.remote_header().queued.load(Relaxed), 0);
+        // Unqueued: the next remote free queues it again.
+        assert!(span.note_remote_free(4));
+        assert_eq!(span.take_remote(), 1);
+        let mut back = [Entry::default(); 8];
+        assert_eq!(span.take_slots(&mut back), 4);
         // SAFETY: the record is ours and on no list.
         unsafe { Span::free_record(s) };
     }
