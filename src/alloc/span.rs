@@ -10,14 +10,13 @@
 //!   pointer is caught), and the collector asks it whether a slot is allocated.
 //!   A byte rather than a bit, so that threads on different CPUs update
 //!   neighbouring slots without read-modify-write.
-//! - `remote` (1 bit per slot, atomic): slots freed on a CPU other than the
-//!   span's `owner` (the CPU whose cache last took slots from it). Such a free
-//!   does not go into the freeing CPU's cache, where that CPU would hand the
-//!   slot out again at once and its threads would write to a cache line the
-//!   owner's threads are using (passive false sharing); it sets the slot's
-//!   remote bit instead, and the first such free queues the span on its
-//!   class's remote list (a lock-free stack), which the next refill of the
-//!   class merges back into the free bits (see `central::free_remote`).
+//!   A slot freed on a CPU other than the span's `owner` (the CPU whose cache
+//!   last took slots from it) does not go into the freeing CPU's cache, where
+//!   that CPU would hand it out again at once and its threads would write to
+//!   a cache line the owner's threads are using (passive false sharing): its
+//!   byte becomes `SLOT_REMOTE`, and the first such free queues the span on
+//!   its class's remote list (a lock-free stack), which a refill of the class
+//!   merges back into the free bits (see `central::free_remote`).
 //! - `tiny_state` (tiny spans only, 32 bits per 16-byte block): which offsets
 //!   of the block start objects (low 16 bits, published when the carving CPU
 //!   lets the block go) and which of those were freed (high 16 bits); see
@@ -55,6 +54,9 @@ pub fn is_slotted(state: u8) -> bool {
 pub const SLOT_FREE: u8 = 0;
 pub const SLOT_ALLOCATED: u8 = 1;
 pub const SLOT_MANAGED_BIT: u8 = 2;
+/// Freed remotely, not yet back in the span's free bits (not allocated: the
+/// managed bit without the allocated bit, a combination no object has).
+pub const SLOT_REMOTE: u8 = SLOT_MANAGED_BIT;
 const GEN_SHIFT: u32 = 2;
 
 /// True if a slot-state byte says the slot holds an object.
@@ -209,14 +211,14 @@ impl Span {
         } else {
             0
         };
-        let bytes = HEADER + words * 24 + site_bytes + tiny_bytes + n;
+        let bytes = HEADER + words * 16 + site_bytes + tiny_bytes + n;
         let block = meta::alloc(bytes);
         if block.is_null() {
             return false;
         }
         self.bits_size = bytes as u32;
         // SAFETY: the block holds the remote header, then words*8 bytes of
-        // free bits, words*8 of mark bits, words*8 of remote bits, then
+        // free bits, words*8 of mark bits, then
         // (leakcheck) n 8-byte site records, then (tiny) n 4-byte block
         // states, then n slot-state bytes, all zeroed.
         unsafe {
@@ -224,16 +226,16 @@ impl Span {
             self.free_bits = block as *mut u64;
             self.marks = block.add(words * 8) as *const AtomicU64;
             self.sites = if site_bytes > 0 {
-                block.add(words * 24) as *const AtomicU64
+                block.add(words * 16) as *const AtomicU64
             } else {
                 ptr::null()
             };
             self.tiny_state = if tiny {
-                block.add(words * 24 + site_bytes) as *const AtomicU32
+                block.add(words * 16 + site_bytes) as *const AtomicU32
             } else {
                 ptr::null()
             };
-            self.alloc = block.add(words * 24 + site_bytes + tiny_bytes) as *const AtomicU8;
+            self.alloc = block.add(words * 16 + site_bytes + tiny_bytes) as *const AtomicU8;
             for w in 0..words {
                 let bits = if (w + 1) * 64 <= n {
                     !0u64
@@ -435,28 +437,21 @@ impl Span {
         unsafe { &*(self.free_bits.cast::<u8>().sub(HEADER) as *const RemoteHeader) }
     }
 
-    /// The word of remote bits holding slot `i`'s.
-    #[inline(always)]
-    fn remote_word(&self, i: usize) -> &AtomicU64 {
-        let words = (self.nelems as usize).div_ceil(64);
-        // SAFETY: the remote bits follow the free and mark bits; i < nelems.
-        unsafe { &*(self.free_bits.add(2 * words + i / 64) as *const AtomicU64) }
-    }
-
     /// True if slot `i` was freed remotely and not merged back yet.
     pub fn is_remote_free(&self, i: usize) -> bool {
-        self.remote_word(i).load(Relaxed) & (1 << (i % 64)) != 0
+        self.slot_state(i).load(Relaxed) == SLOT_REMOTE
     }
 
     /// Records a remote free of slot `i` (its state byte already cleared).
     /// True if the caller must queue the span on its class's remote list:
-    /// the span was not queued. SeqCst, paired with [`take_remote`]: a bit set
-    /// after the merger took the bits sees the queue flag it cleared.
+    /// the span was not queued. SeqCst, paired with [`take_remote`]: a slot
+    /// marked after the merger unqueued the span sees the flag clear (the
+    /// swap also keeps the byte's store from passing the flag's load).
     pub fn note_remote_free(&self, i: usize) -> bool {
         let old = self
-            .remote_word(i)
-            .fetch_or(1 << (i % 64), core::sync::atomic::Ordering::SeqCst);
-        debug_assert!(old & (1 << (i % 64)) == 0, "slot freed remotely twice");
+            .slot_state(i)
+            .swap(SLOT_REMOTE, core::sync::atomic::Ordering::SeqCst);
+        debug_assert!(old == SLOT_FREE, "remote free of a slot in state {old}");
         // Queued already (the common case of a stream of remote frees): a
         // load, no second locked instruction. Seeing 1 here means the
         // merger's unqueue comes later, and so does its taking of the bits.
@@ -471,14 +466,14 @@ impl Span {
     pub fn take_remote(&mut self) -> usize {
         use core::sync::atomic::Ordering::SeqCst;
         self.remote_header().queued.store(0, SeqCst);
-        let words = (self.nelems as usize).div_ceil(64);
         let mut n = 0;
-        for w in 0..words {
-            let bits = self.remote_word(w * 64).swap(0, SeqCst);
-            let mut b = bits;
-            while b != 0 {
-                self.put_slot(w * 64 + b.trailing_zeros() as usize);
-                b &= b - 1;
+        for i in 0..self.nelems as usize {
+            let st = self.slot_state(i);
+            // Only a remote free writes SLOT_REMOTE, and only the merger
+            // (under the class lock) clears it.
+            if st.load(Relaxed) == SLOT_REMOTE {
+                st.store(SLOT_FREE, Relaxed);
+                self.put_slot(i);
                 n += 1;
             }
         }
