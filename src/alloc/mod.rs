@@ -386,9 +386,44 @@ fn bad_pointer(p: usize, what: Op, kind: &str) -> ! {
 
 /// Frees `p` (not null). Aborts on a double free, a foreign pointer or an
 /// interior pointer, naming the address.
+///
+/// The fast path is the common case only, a valid free of a small slot with
+/// leakcheck off, and calls nothing but the tail call of a cache miss, so it
+/// needs no stack frame; everything else (tiny and large objects, bad
+/// pointers, leakcheck) starts over in [`free_other`].
 #[inline(always)]
 pub fn free(p: *mut u8) {
     let p = p as usize;
+    let s = heap::span_of(p);
+    if !s.is_null() {
+        // SAFETY: the page map is exact: span_of returns live, in-use span records.
+        let sp: &'static span::Span = unsafe { &*s };
+        if sp.state.load(Relaxed) == span::SMALL {
+            let i = sp.slot_of(p);
+            if sp.slot_addr(i) == p && i < sp.nelems as usize {
+                let st = sp.slot_state(i);
+                if span::is_allocated(st.load(Relaxed)) && !crate::leak::tracking() {
+                    st.store(span::SLOT_FREE, Relaxed);
+                    let e = Entry {
+                        ptr: p,
+                        state: st as *const AtomicU8 as usize,
+                    };
+                    if !cache::push(sp.spanclass as usize, e, sp.owner.load(Relaxed)) {
+                        free_slow(sp, i, e);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+    free_other(p)
+}
+
+/// Every free but the fast path's: tiny and large objects, leakcheck's
+/// bookkeeping, and the faults (which abort naming `p`).
+#[cold]
+#[inline(never)]
+fn free_other(p: usize) {
     match owner_of(p, Op::Free) {
         Owner::Small(s, i) => {
             let st = s.slot_state(i);
