@@ -190,7 +190,7 @@ fn check_small(sp: &span::Span, r: &mut HeapReport) -> Result<(), VerifyError> {
                     sp.slot_addr(i),
                 ));
             }
-            if sp.remote_header().queued.load(Relaxed) == 0 {
+            if !sp.remote_queued() {
                 return Err(VerifyError::new(
                     "span with remote frees is not queued for a merge",
                     sp.slot_addr(i),

@@ -628,6 +628,9 @@ fn remote_frees() {
         return;
     }
     let (a_cpu, b_cpu) = (cpus[0], cpus[1]);
+    // Slots left in caches and transfer batches by earlier scenarios may
+    // belong to spans of any owner: start from the spans.
+    magpie::trim();
     let cycles = magpie::stats().gc.cycles;
     let owned: Vec<usize> = std::thread::spawn(move || {
         pin_to(a_cpu);
@@ -723,6 +726,62 @@ fn remote_frees() {
     assert_eq!(rep.remote_slots, 0, "trim left remote frees unmerged");
 }
 
+/// More threads than CPUs, each replacing its own blocks (16 B to 5 KiB) in a
+/// ring, so threads migrate and many frees are remote while refills merge
+/// them back: a merge that empties a span must not release it under a
+/// remote free still in flight (that was a use-after-free of the span's
+/// metadata, caught by the C atexit test as a crash).
+fn remote_free_races() {
+    let threads = 2 * allowed_cpus().len().max(2);
+    let remote_before = magpie::stats().remote_frees;
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                // (address, size): one tag word per block, checked before
+                // its free, keeps the loop fast enough for races to happen.
+                let mut ring = [(0usize, 0usize); 32];
+                let free = |(p, size): (usize, usize)| {
+                    let l = Layout::from_size_align(size, 8).unwrap();
+                    // SAFETY: p was allocated below with layout l and tagged.
+                    unsafe {
+                        assert_eq!(*(p as *const usize), p ^ size, "block {p:#x} clobbered");
+                        dealloc(p as *mut u8, l);
+                    }
+                };
+                let start = Instant::now();
+                let mut i = 0usize;
+                while start.elapsed().as_millis() < 1500 {
+                    for _ in 0..1000 {
+                        if ring[i % 32].0 != 0 {
+                            free(ring[i % 32]);
+                        }
+                        let size = 16 + (i * 37 + t * 101) % 5000;
+                        let l = Layout::from_size_align(size, 8).unwrap();
+                        // SAFETY: a valid layout; the tag is written in bounds.
+                        let p = unsafe { alloc(l) } as usize;
+                        assert_ne!(p, 0);
+                        // SAFETY: as above.
+                        unsafe { *(p as *mut usize) = p ^ size };
+                        ring[i % 32] = (p, size);
+                        i += 1;
+                    }
+                }
+                for b in ring {
+                    if b.0 != 0 {
+                        free(b);
+                    }
+                }
+                i
+            })
+        })
+        .collect();
+    let ops: usize = hs.into_iter().map(|h| h.join().unwrap()).sum();
+    println!(
+        "    {threads} threads, {ops} replacements, {} remote frees",
+        magpie::stats().remote_frees - remote_before
+    );
+}
+
 fn under_gc_stress() {
     let t = Instant::now();
     let out = common::reexec(
@@ -758,6 +817,7 @@ const SCENARIOS: &[Scenario] = &[
     ("zeroed_on_reuse", zeroed_on_reuse),
     ("producer_consumer", producer_consumer),
     ("remote_frees", remote_frees),
+    ("remote_free_races", remote_free_races),
     ("thread_churn", thread_churn),
     ("collections_under_load", collections_under_load),
     ("locked_fallback", locked_fallback),

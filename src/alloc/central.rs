@@ -195,20 +195,20 @@ fn new_span(sc: usize) -> *mut Span {
 /// not queued yet, pushes it on its class's remote list. No lock: a producer
 /// and a consumer thread never meet on a central lock per object.
 pub fn free_remote(s: &Span, i: usize) {
-    if !s.note_remote_free(i) {
-        return;
-    }
-    let c = &CENTRAL[s.spanclass as usize];
-    let sp = s as *const Span as *mut Span;
-    let mut head = c.remote.load(Relaxed);
-    loop {
-        s.remote_header().next.store(head, Relaxed);
-        // Release: the merger that takes the list sees the link.
-        match c.remote.compare_exchange_weak(head, sp, Release, Relaxed) {
-            Ok(_) => return,
-            Err(h) => head = h,
+    if s.begin_remote_free(i) {
+        let c = &CENTRAL[s.spanclass as usize];
+        let sp = s as *const Span as *mut Span;
+        let mut head = c.remote.load(Relaxed);
+        loop {
+            s.remote_header().next.store(head, Relaxed);
+            // Release: the merger that takes the list sees the link.
+            match c.remote.compare_exchange_weak(head, sp, Release, Relaxed) {
+                Ok(_) => break,
+                Err(h) => head = h,
+            }
         }
     }
+    s.end_remote_free();
 }
 
 /// Refills by non-owners after which every queued span is merged, whoever
@@ -222,7 +222,8 @@ const REMOTE_PATIENCE: u32 = 16;
 /// others queued. A non-owner that took a span's remote frees would hand them
 /// out at once, next to the objects the owner's threads are using. The list
 /// is taken whole (no ABA: nobody pops single spans); spans left queued are
-/// pushed back. A span stays alive while queued: nothing releases it.
+/// pushed back. A span stays alive while queued or while a remote free of
+/// it is in flight: nothing releases it then (see `Span::remote_busy`).
 fn merge_remote(g: &mut Guard<'_>, sc: usize, me: Option<u8>) {
     let c = &CENTRAL[sc];
     if c.remote.load(Relaxed).is_null() {
@@ -270,8 +271,9 @@ fn merge_remote(g: &mut Guard<'_>, sc: usize, me: Option<u8>) {
 
 /// After slots came back to small span `s` (class lock held): releases it
 /// when all its slots are back (unless a concurrent mark may be reading it,
-/// or it is queued for a remote merge), else makes sure it is on the
-/// partial list.
+/// or it is queued for a remote merge or has a remote free in flight), else
+/// makes sure it is on the partial list. A span kept all free for a remote
+/// free in flight stays on the partial list, where the next refill uses it.
 ///
 /// # Safety
 /// `s` is a live small span of the locked class.
@@ -281,10 +283,7 @@ unsafe fn settle(g: &mut Guard<'_>, s: *mut Span) {
     if sp.nfree == 0 {
         return;
     }
-    if sp.nfree == sp.nelems
-        && !crate::gc::marking()
-        && sp.remote_header().queued.load(Relaxed) == 0
-    {
+    if sp.nfree == sp.nelems && !crate::gc::marking() && !sp.remote_busy() {
         if sp.in_partial {
             // SAFETY: on this class's list.
             unsafe { g.inner.partial.remove(s) };
@@ -609,12 +608,9 @@ pub fn verify_span(s: &Span) -> Result<(), crate::debug::VerifyError> {
             s.base,
         ));
     }
-    if s.nfree == s.nelems && s.remote_header().queued.load(Relaxed) == 0 {
-        return Err(E::new(
-            "all-free span was not returned to the page heap",
-            s.base,
-        ));
-    }
+    // An all-free span is normally released at once; it stays (on the
+    // partial list, checked above) only while queued for a remote merge, or
+    // when a remote free was in flight as it emptied (see `settle`).
     if s.in_partial {
         let mut p = g.inner.partial.head;
         while !p.is_null() && p != s as *const Span as *mut Span {

@@ -280,8 +280,8 @@ impl Span {
     pub fn release_bits(&mut self) {
         if !self.free_bits.is_null() {
             debug_assert!(
-                self.remote_header().queued.load(Relaxed) == 0,
-                "span released while on a remote list"
+                !self.remote_busy(),
+                "span released while queued or with a remote free in flight"
             );
             // SAFETY: the block came from meta::alloc(bits_size), HEADER
             // bytes before the free bits.
@@ -442,22 +442,53 @@ impl Span {
         self.slot_state(i).load(Relaxed) == SLOT_REMOTE
     }
 
-    /// Records a remote free of slot `i` (its state byte already cleared).
-    /// True if the caller must queue the span on its class's remote list:
-    /// the span was not queued. SeqCst, paired with [`take_remote`]: a slot
-    /// marked after the merger unqueued the span sees the flag clear (the
-    /// swap also keeps the byte's store from passing the flag's load).
-    pub fn note_remote_free(&self, i: usize) -> bool {
-        let old = self
-            .slot_state(i)
-            .swap(SLOT_REMOTE, core::sync::atomic::Ordering::SeqCst);
+    /// Starts a remote free of slot `i` (its state byte already cleared):
+    /// counts the free in flight, marks the slot `SLOT_REMOTE` and returns
+    /// true if the caller must queue the span on its class's remote list (it
+    /// was not queued). The caller queues it if asked and then calls
+    /// [`end_remote_free`](Self::end_remote_free).
+    ///
+    /// Why the count: as soon as the slot is marked, a merger may take it
+    /// back, find the span all free and release it, while this thread still
+    /// has to queue it; a span is never released with a free in flight
+    /// ([`remote_busy`](Self::remote_busy)).
+    ///
+    /// SeqCst, paired with [`take_remote`](Self::take_remote): a slot marked
+    /// after the merger unqueued the span sees the flag clear (the swap also
+    /// keeps the byte's store from passing the flag's load).
+    pub fn begin_remote_free(&self, i: usize) -> bool {
+        use core::sync::atomic::Ordering::SeqCst;
+        let f = &self.remote_header().flags;
+        f.fetch_add(REMOTE_IN_FLIGHT, SeqCst);
+        let old = self.slot_state(i).swap(SLOT_REMOTE, SeqCst);
         debug_assert!(old == SLOT_FREE, "remote free of a slot in state {old}");
         // Queued already (the common case of a stream of remote frees): a
-        // load, no second locked instruction. Seeing 1 here means the
-        // merger's unqueue comes later, and so does its taking of the bits.
-        let q = &self.remote_header().queued;
-        q.load(core::sync::atomic::Ordering::SeqCst) == 0
-            && q.swap(1, core::sync::atomic::Ordering::SeqCst) == 0
+        // load, no further locked instruction. Seeing the flag set means the
+        // merger's unqueue comes later, and so does its scan of the slots.
+        f.load(SeqCst) & REMOTE_QUEUED == 0
+            && f.fetch_or(REMOTE_QUEUED, SeqCst) & REMOTE_QUEUED == 0
+    }
+
+    /// Ends a remote free begun by [`begin_remote_free`](Self::begin_remote_free):
+    /// the thread's last access to the span.
+    pub fn end_remote_free(&self) {
+        self.remote_header()
+            .flags
+            .fetch_sub(REMOTE_IN_FLIGHT, core::sync::atomic::Ordering::Release);
+    }
+
+    /// True while the span is queued for a merge or a remote free of one of
+    /// its slots is in flight: it must not be released then.
+    pub fn remote_busy(&self) -> bool {
+        self.remote_header()
+            .flags
+            .load(core::sync::atomic::Ordering::Acquire)
+            != 0
+    }
+
+    /// True while the span is on its class's remote list.
+    pub fn remote_queued(&self) -> bool {
+        self.remote_header().flags.load(Relaxed) & REMOTE_QUEUED != 0
     }
 
     /// Takes the span off its remote list (the caller popped it) and moves
@@ -465,7 +496,7 @@ impl Span {
     /// Returns how many.
     pub fn take_remote(&mut self) -> usize {
         use core::sync::atomic::Ordering::SeqCst;
-        self.remote_header().queued.store(0, SeqCst);
+        self.remote_header().flags.fetch_and(!REMOTE_QUEUED, SeqCst);
         let mut n = 0;
         for i in 0..self.nelems as usize {
             let st = self.slot_state(i);
@@ -498,8 +529,15 @@ const HEADER: usize = core::mem::size_of::<RemoteHeader>();
 #[repr(C)]
 pub struct RemoteHeader {
     pub next: AtomicPtr<Span>,
-    pub queued: AtomicU32,
+    /// [`REMOTE_QUEUED`], plus [`REMOTE_IN_FLIGHT`] per remote free between
+    /// marking its slot and its last access to the span.
+    pub flags: AtomicU32,
 }
+
+/// `RemoteHeader::flags`: the span is on its class's remote list.
+pub const REMOTE_QUEUED: u32 = 1;
+/// `RemoteHeader::flags`: one remote free in flight.
+pub const REMOTE_IN_FLIGHT: u32 = 2;
 
 /// A cached free slot: its address and the address of its state byte, so that
 /// the allocation fast path marks the slot allocated without a page-map lookup.
@@ -614,10 +652,15 @@ mod tests {
         let n = span.nelems as usize;
         let mut out = [Entry::default(); 170];
         assert_eq!(span.take_slots(&mut out[..n]), n);
-        // The first remote free asks for the span to be queued, later ones not.
-        assert!(span.note_remote_free(3));
-        assert!(!span.note_remote_free(70));
-        assert!(!span.note_remote_free(n - 1));
+        // The first remote free asks for the span to be queued, later ones
+        // not; while one is in flight the span is busy.
+        assert!(span.begin_remote_free(3));
+        assert!(span.remote_busy() && span.remote_queued());
+        span.end_remote_free();
+        for i in [70, n - 1] {
+            assert!(!span.begin_remote_free(i));
+            span.end_remote_free();
+        }
         assert!(span.is_remote_free(70) && !span.is_slot_free_in_span(70));
         assert_eq!(span.nfree, 0);
         // The merge unqueues the span and moves the bits into the free bits.
@@ -626,10 +669,12 @@ mod tests {
         for i in [3, 70, n - 1] {
             assert!(span.is_slot_free_in_span(i) && !span.is_remote_free(i));
         }
-        assert_eq!(span.remote_header().queued.load(Relaxed), 0);
+        assert!(!span.remote_busy());
         // Unqueued: the next remote free queues it again.
-        assert!(span.note_remote_free(4));
+        assert!(span.begin_remote_free(4));
+        span.end_remote_free();
         assert_eq!(span.take_remote(), 1);
+        assert!(!span.remote_busy());
         let mut back = [Entry::default(); 8];
         assert_eq!(span.take_slots(&mut back), 4);
         // SAFETY: the record is ours and on no list.
