@@ -39,4 +39,7 @@ pub fn load() {
         env::get_u64("MAGPIE_RESERVE", 1 << 40, 1 << 30, 1 << 46) as usize,
         Relaxed,
     );
+    if env::get_bool("MAGPIE_DEBUG_REMOTE_ALL", false) {
+        crate::alloc::central::REMOTE_HDR_LIMIT.store(usize::MAX, Relaxed);
+    }
 }

@@ -580,10 +580,6 @@ fn locked_fallback() {
     );
 }
 
-/// Every scenario again with the collector collecting (concurrent marking
-/// where it works) every few thousand allocations: none of the program's
-/// memory is reachable only in ways the collector cannot see, so nothing may
-/// be lost while threads allocate, free and move pointers around.
 /// The CPUs this process may run on.
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; the call fills it.
@@ -618,7 +614,7 @@ fn pin_to(cpu: usize) {
 /// sharing), and the owner gets them back through its refills.
 fn remote_frees() {
     const N: usize = 100;
-    let l = Layout::from_size_align(200, 8).unwrap(); // the 208-byte class
+    let l = Layout::from_size_align(40, 8).unwrap(); // the 48-byte class (remote frees: below 64 B)
     let cpus = allowed_cpus();
     if magpie::stats().cache_mode == "locked" || cpus.len() < 2 {
         println!(
@@ -639,7 +635,7 @@ fn remote_frees() {
             .map(|k| unsafe {
                 let p = alloc(l);
                 assert!(!p.is_null());
-                fill(p, 200, k as u64, 0);
+                fill(p, 40, k as u64, 0);
                 p as usize
             })
             .collect()
@@ -658,7 +654,7 @@ fn remote_frees() {
             // SAFETY: allocated above with layout l, freed once.
             unsafe {
                 assert_eq!(
-                    check(p as *const u8, 200, k as u64),
+                    check(p as *const u8, 40, k as u64),
                     None,
                     "block {p:#x} corrupted"
                 );
@@ -726,26 +722,60 @@ fn remote_frees() {
     assert_eq!(rep.remote_slots, 0, "trim left remote frees unmerged");
 }
 
-/// More threads than CPUs, each replacing its own blocks (16 B to 5 KiB) in a
-/// ring, so threads migrate and many frees are remote while refills merge
-/// them back: a merge that empties a span must not release it under a
+/// More threads than CPUs swap small blocks (8 to 63 B: the classes routed
+/// to owners) through a shared array, each freeing what another allocated,
+/// while threads migrate: many frees are remote, and refills merge them back
+/// as they happen. A merge that empties a span must not release it under a
 /// remote free still in flight (that was a use-after-free of the span's
-/// metadata, caught by the C atexit test as a crash).
+/// metadata, first seen as a crash of the C atexit test).
 fn remote_free_races() {
+    remote_free_races_of(56, 0);
+}
+
+/// [`remote_free_races`] with every class routed to owners
+/// (`MAGPIE_DEBUG_REMOTE_ALL=1`, in a child) and blocks up to 5 KiB, whose
+/// spans empty often: there a merge that empties a span while a remote free
+/// of it is in flight happens within a second (with the release check
+/// reverted this crashed 3 runs in 3).
+fn remote_free_races_all_classes() {
+    if std::env::var_os("MAGPIE_STRESS_REMOTE_CHILD").is_some() {
+        remote_free_ring();
+        return;
+    }
+    let out = common::reexec(
+        &[
+            ("MAGPIE_DEBUG_REMOTE_ALL", "1"),
+            ("MAGPIE_STRESS_REMOTE_CHILD", "1"),
+        ],
+        &["remote_free_races_all_classes"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for l in stdout.lines() {
+        eprintln!("    | {l}");
+    }
+    assert!(
+        out.status.success() && stdout.contains("test result: ok."),
+        "MAGPIE_DEBUG_REMOTE_ALL=1 run failed ({:?}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Two threads per CPU, each replacing its own ring of 32 blocks (16 B to
+/// 5 KiB, one tag word each) for 1.5 s: threads migrate, so frees of blocks
+/// allocated on the previous CPU are remote.
+fn remote_free_ring() {
     let threads = 2 * allowed_cpus().len().max(2);
     let remote_before = magpie::stats().remote_frees;
     let hs: Vec<_> = (0..threads)
         .map(|t| {
             std::thread::spawn(move || {
-                // (address, size): one tag word per block, checked before
-                // its free, keeps the loop fast enough for races to happen.
                 let mut ring = [(0usize, 0usize); 32];
                 let free = |(p, size): (usize, usize)| {
-                    let l = Layout::from_size_align(size, 8).unwrap();
-                    // SAFETY: p was allocated below with layout l and tagged.
+                    // SAFETY: p was allocated below with this size and tagged.
                     unsafe {
                         assert_eq!(*(p as *const usize), p ^ size, "block {p:#x} clobbered");
-                        dealloc(p as *mut u8, l);
+                        dealloc(p as *mut u8, Layout::from_size_align(size, 8).unwrap());
                     }
                 };
                 let start = Instant::now();
@@ -756,9 +786,9 @@ fn remote_free_races() {
                             free(ring[i % 32]);
                         }
                         let size = 16 + (i * 37 + t * 101) % 5000;
-                        let l = Layout::from_size_align(size, 8).unwrap();
                         // SAFETY: a valid layout; the tag is written in bounds.
-                        let p = unsafe { alloc(l) } as usize;
+                        let p =
+                            unsafe { alloc(Layout::from_size_align(size, 8).unwrap()) } as usize;
                         assert_ne!(p, 0);
                         // SAFETY: as above.
                         unsafe { *(p as *mut usize) = p ^ size };
@@ -766,11 +796,7 @@ fn remote_free_races() {
                         i += 1;
                     }
                 }
-                for b in ring {
-                    if b.0 != 0 {
-                        free(b);
-                    }
-                }
+                ring.into_iter().filter(|b| b.0 != 0).for_each(free);
                 i
             })
         })
@@ -782,6 +808,71 @@ fn remote_free_races() {
     );
 }
 
+/// Blocks of 8 to 8 + `spread` - 1 bytes; `slots` 0 means 4096.
+fn remote_free_races_of(spread: usize, slots: usize) {
+    use std::sync::atomic::AtomicUsize;
+    let nslots = if slots == 0 { 4096 } else { slots };
+    let size_of = move |j: usize| 8 + (j * 37) % spread;
+    let layout_of = move |j: usize| Layout::from_size_align(size_of(j), 8).unwrap();
+    let shared: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..nslots).map(|_| AtomicUsize::new(0)).collect());
+    // Frees the block slot j held: its first word is its address xor its size.
+    let free = move |j: usize, p: usize| {
+        // SAFETY: p was allocated with layout_of(j) and tagged; the swap
+        // that took it out of the array made this thread its only owner.
+        unsafe {
+            assert_eq!(
+                *(p as *const usize),
+                p ^ size_of(j),
+                "block {p:#x} clobbered"
+            );
+            dealloc(p as *mut u8, layout_of(j));
+        }
+    };
+    let threads = 2 * allowed_cpus().len().max(2);
+    let remote_before = magpie::stats().remote_frees;
+    let hs: Vec<_> = (0..threads)
+        .map(|t| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let mut i = 0usize;
+                while start.elapsed().as_millis() < 1500 {
+                    for _ in 0..1000 {
+                        let j = (i * 7 + t * 1013) % nslots;
+                        // SAFETY: a valid layout; the tag is written in bounds.
+                        let p = unsafe { alloc(layout_of(j)) } as usize;
+                        assert_ne!(p, 0);
+                        // SAFETY: as above.
+                        unsafe { *(p as *mut usize) = p ^ size_of(j) };
+                        let old = shared[j].swap(p, Ordering::AcqRel);
+                        if old != 0 {
+                            free(j, old);
+                        }
+                        i += 1;
+                    }
+                }
+                i
+            })
+        })
+        .collect();
+    let ops: usize = hs.into_iter().map(|h| h.join().unwrap()).sum();
+    for (j, slot) in shared.iter().enumerate() {
+        let p = slot.swap(0, Ordering::AcqRel);
+        if p != 0 {
+            free(j, p);
+        }
+    }
+    println!(
+        "    {threads} threads, {ops} exchanges, {} remote frees",
+        magpie::stats().remote_frees - remote_before
+    );
+}
+
+/// Every scenario again with the collector collecting (concurrent marking
+/// where it works) every few thousand allocations: none of the program's
+/// memory is reachable only in ways the collector cannot see, so nothing may
+/// be lost while threads allocate, free and move pointers around.
 fn under_gc_stress() {
     let t = Instant::now();
     let out = common::reexec(
@@ -818,6 +909,10 @@ const SCENARIOS: &[Scenario] = &[
     ("producer_consumer", producer_consumer),
     ("remote_frees", remote_frees),
     ("remote_free_races", remote_free_races),
+    (
+        "remote_free_races_all_classes",
+        remote_free_races_all_classes,
+    ),
     ("thread_churn", thread_churn),
     ("collections_under_load", collections_under_load),
     ("locked_fallback", locked_fallback),
@@ -844,7 +939,10 @@ fn main() {
         .iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
         .filter(|(name, _)| {
-            !((child || gc_child) && (*name == "locked_fallback" || *name == "under_gc_stress"))
+            !((child || gc_child)
+                && (*name == "locked_fallback"
+                    || *name == "under_gc_stress"
+                    || *name == "remote_free_races_all_classes"))
         })
         .collect();
     let selected: Vec<&Scenario> = (0..repeat).flat_map(|_| selected.iter().copied()).collect();

@@ -411,7 +411,7 @@ pub fn push_slow(s: &span::Span, i: usize, e: Entry) {
     match route() {
         Route::Rseq(off) => {
             let cpu = rseq::cpu_id_at(off);
-            if cpu >= 0 && cpu as u8 != s.owner.load(Relaxed) {
+            if central::routes_remote(sc) && cpu >= 0 && cpu as u8 != s.owner.load(Relaxed) {
                 let st = &this_cpu_cache(off).stats;
                 bump(&st.frees[sc]);
                 bump(&st.remote_frees);

@@ -15,7 +15,8 @@
 use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{
-    AtomicPtr, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+    AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed,
+    Ordering::Release,
 };
 use spin::Mutex;
 
@@ -51,6 +52,27 @@ pub const fn class_of_sc(sc: usize) -> usize {
 #[inline(always)]
 pub const fn noscan_of_sc(sc: usize) -> bool {
     sc == TINY_SC || sc & 1 == 1
+}
+
+/// Span classes below this one (objects smaller than a cache line, which
+/// neighbours share) route frees on a CPU other than the span's owner to the
+/// owner ([`free_remote`]). Larger objects share at most the lines at their
+/// ends, which does not pay for a remote free's three atomic operations: a
+/// producer/consumer pair (xmalloc) frees every object remotely.
+pub const REMOTE_SC_LIMIT: usize = spanclass(sizeclass::first_class_at_least(64) as usize, false);
+static_assertions::const_assert!(REMOTE_SC_LIMIT == 12);
+
+/// `REMOTE_SC_LIMIT` as the offset of the first class header not routed,
+/// which the push section compares with. `MAGPIE_DEBUG_REMOTE_ALL=1` routes
+/// every class (tests: large classes' spans empty often, which exercises the
+/// races between remote frees and merges).
+pub static REMOTE_HDR_LIMIT: AtomicUsize = AtomicUsize::new(REMOTE_SC_LIMIT * 8);
+
+/// True if frees of span class `sc` on a CPU other than the span's owner go
+/// to the owner.
+#[inline(always)]
+pub fn routes_remote(sc: usize) -> bool {
+    sc * 8 < REMOTE_HDR_LIMIT.load(Relaxed)
 }
 
 /// Per-CPU cache capacity of span class `sc`: about 64 KiB of objects, 2 to 512.

@@ -148,8 +148,9 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> (usize, usize) {
 
 /// Pushes a free slot (address and state byte) onto the current CPU's cache
 /// if the low byte of the CPU number is `owner` (the slot's span's owner; see
-/// `span::Span::owner`). Returns the cache, or 0 when the CPU is not the
-/// owner, the cache is full or the thread has no valid CPU.
+/// `span::Span::owner`) or the class is not routed to owners
+/// (`central::routes_remote`). Returns the cache, or 0 when the CPU is not
+/// the owner, the cache is full or the thread has no valid CPU.
 ///
 /// # Safety
 /// As for [`pop`].
@@ -160,8 +161,11 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: 
     unsafe {
         asm!(
             rseq_begin!(),
+            "cmp {hoff}, qword ptr [rip + {lim}]",
+            "jae 12f",
             "cmp {c:l}, {own}",
             "jne 7f",
+            "12:",
             rseq_cpu_cache!(),
             "mov {h}, qword ptr [{c} + {hoff}]",
             "movzx {t:e}, {h:x}",
@@ -188,6 +192,7 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: 
             ptr = in(reg) ptr,
             st = in(reg) state,
             own = in(reg_byte) owner,
+            lim = sym super::central::REMOTE_HDR_LIMIT,
             shift = const SHIFT,
             ent_p = const ENTRIES_OFF,
             ent_s = const ENTRIES_OFF + 8,

@@ -87,7 +87,7 @@ static SMALL_LOOKUP: [u8; SMALL_MAX / SMALL_DIV + 1] = make_lookup_small();
 /// Class for sizes 1025..=32768, indexed by (size - 1024 + 127) / 128.
 static LARGE_LOOKUP: [u8; (MAX_SMALL - SMALL_MAX) / LARGE_DIV + 1] = make_lookup_large();
 
-const fn first_class_at_least(s: usize) -> u8 {
+pub const fn first_class_at_least(s: usize) -> u8 {
     let mut c = 1;
     while c < NUM_CLASSES {
         if T.size[c] as usize >= s {
