@@ -213,8 +213,8 @@ fn new_span(sc: usize) -> *mut Span {
 }
 
 /// Frees slot `i` of small span `s` on a CPU that is not the span's owner
-/// (its state byte already cleared): sets its remote bit and, if the span was
-/// not queued yet, pushes it on its class's remote list. No lock: a producer
+/// (its state byte already cleared): marks the slot `SLOT_REMOTE` and, if the
+/// span was not queued yet, pushes it on its class's remote list. No lock: a producer
 /// and a consumer thread never meet on a central lock per object.
 pub fn free_remote(s: &Span, i: usize) {
     if s.begin_remote_free(i) {

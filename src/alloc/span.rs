@@ -218,9 +218,9 @@ impl Span {
         }
         self.bits_size = bytes as u32;
         // SAFETY: the block holds the remote header, then words*8 bytes of
-        // free bits, words*8 of mark bits, then
-        // (leakcheck) n 8-byte site records, then (tiny) n 4-byte block
-        // states, then n slot-state bytes, all zeroed.
+        // free bits, words*8 of mark bits, then (leakcheck) n 8-byte site
+        // records, then (tiny) n 4-byte block states, then n slot-state
+        // bytes, all zeroed.
         unsafe {
             let block = block.add(HEADER);
             self.free_bits = block as *mut u64;
