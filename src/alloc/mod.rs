@@ -133,6 +133,7 @@ extern "C" fn fork_child() {
         crate::gc::unlock_after_fork(true);
     }
     cache::release_freed_tiny_blocks_after_fork();
+    central::repair_remote_after_fork();
     central::forget_waiters_after_fork();
     guard::leave_after_fork();
 }
