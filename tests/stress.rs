@@ -608,6 +608,22 @@ fn pin_to(cpu: usize) {
     }
 }
 
+/// Allocates `n` blocks of layout `l`, counts those whose address is in
+/// `sorted`, and frees them.
+fn count_reused(l: Layout, n: usize, sorted: &[usize]) -> usize {
+    // SAFETY: a valid non-zero-size layout.
+    let mine: Vec<usize> = (0..n).map(|_| unsafe { alloc(l) } as usize).collect();
+    let reused = mine
+        .iter()
+        .filter(|p| sorted.binary_search(p).is_ok())
+        .count();
+    for &p in &mine {
+        // SAFETY: allocated just above with layout l.
+        unsafe { dealloc(p as *mut u8, l) };
+    }
+    reused
+}
+
 /// A thread on one CPU allocates, a thread pinned to another frees: the frees
 /// are remote (counted), the freeing CPU never hands those slots out again
 /// (that is what keeps two threads off one cache line: passive false
@@ -662,16 +678,7 @@ fn remote_frees() {
             }
         }
         let remote = magpie::stats().remote_frees - remote_before;
-        // SAFETY: as above.
-        let mine: Vec<usize> = (0..N).map(|_| unsafe { alloc(l) } as usize).collect();
-        let reused = mine
-            .iter()
-            .filter(|p| sorted.binary_search(p).is_ok())
-            .count();
-        for &p in &mine {
-            // SAFETY: allocated just above with layout l.
-            unsafe { dealloc(p as *mut u8, l) };
-        }
+        let reused = count_reused(l, N, &sorted);
         (remote, reused, sorted)
     })
     .join()
@@ -695,17 +702,7 @@ fn remote_frees() {
     // every partial span holds brings all of them back to CPU a.
     let back = std::thread::spawn(move || {
         pin_to(a_cpu);
-        // SAFETY: as above.
-        let mine: Vec<usize> = (0..2000).map(|_| unsafe { alloc(l) } as usize).collect();
-        let back = mine
-            .iter()
-            .filter(|p| sorted.binary_search(p).is_ok())
-            .count();
-        for &p in &mine {
-            // SAFETY: allocated just above with layout l.
-            unsafe { dealloc(p as *mut u8, l) };
-        }
-        back
+        count_reused(l, 2000, &sorted)
     })
     .join()
     .unwrap();
