@@ -322,6 +322,24 @@ impl Marker {
         self.black_gen.is_some_and(|g| span::born_in(state, g))
     }
 
+    /// Whether the object holding `addr` (pushed for scanning) still needs
+    /// it: allocated, and not since freed and reallocated black. Objects are
+    /// freed under a concurrent mark; the rest of a freed object is garbage.
+    fn still_to_scan(&self, addr: usize) -> bool {
+        let s = heap::span_of(addr);
+        if s.is_null() {
+            return false;
+        }
+        // SAFETY: span_of returns live span records.
+        let sp = unsafe { &*s };
+        let st = match sp.state.load(Relaxed) {
+            span::SMALL => sp.slot_state(sp.slot_of(addr)).load(Relaxed),
+            span::LARGE => sp.large_alloc.load(Relaxed),
+            _ => return false,
+        };
+        span::is_allocated(st) && !self.born_black(st)
+    }
+
     #[inline]
     fn push(&mut self, lo: usize, len: usize) {
         if self.len == self.cap && self.bottom > 0 {
@@ -468,7 +486,13 @@ impl Marker {
                     let size = sp.npages * PAGE_SIZE;
                     self.marked_bytes += size as u64;
                     self.marked_objects += 1;
-                    if !sp.noscan {
+                    if sp.noscan {
+                    } else if sp.npages >= super::backed::MIN_PAGES {
+                        // Only the pages that hold data (see `backed`).
+                        super::backed::for_each_backed_run(sp.base, sp.base + size, &mut |a, b| {
+                            self.push(a, b - a)
+                        });
+                    } else {
                         self.push(sp.base, size);
                     }
                 }
@@ -578,7 +602,16 @@ impl Marker {
                 }
             }
             span::LARGE if span::is_allocated(sp.large_alloc.load(Relaxed)) => {
-                self.scan_range(addr, end);
+                // A page the kernel reports written may be one never touched
+                // (a fresh object's dropped pages carry no protection): only
+                // the pages that hold data (see `backed`).
+                if end - addr >= super::backed::MIN_PAGES * PAGE_SIZE {
+                    super::backed::for_each_backed_run(addr, end, &mut |a, b| {
+                        self.scan_range(a, b)
+                    });
+                } else {
+                    self.scan_range(addr, end);
+                }
             }
             _ => {}
         });
@@ -640,6 +673,14 @@ impl Marker {
             head = (head + 1) % PREFETCH_DEPTH;
             count -= 1;
             if len > SCAN_CHUNK && len & WRITTEN == 0 {
+                if !self.still_to_scan(lo) {
+                    // Freed by the program since it was pushed (a concurrent
+                    // mark), perhaps its pages dropped and reused: reading
+                    // them would map the zero page and turn the program's
+                    // next write into a copy-on-write fault with a TLB
+                    // shootdown. What is left of it is garbage.
+                    continue;
+                }
                 // A big object is scanned a chunk at a time, the rest pushed
                 // back under the chunk's children: the stack then holds at
                 // most a chunk's worth of pointers per level, not every

@@ -39,6 +39,7 @@
 //! `MAGPIE_GC_STRESS=N` runs a cycle every N allocations (torture tests; it
 //! routes every allocation through the slow path to count them).
 
+pub mod backed;
 pub mod cycle;
 pub mod dirty;
 pub mod managed;
@@ -728,6 +729,11 @@ pub struct GcStats {
     pub markers: u64,
     pub marked_objects: u64,
     pub helper_marked_objects: u64,
+    /// Pages of big objects the marker did not read because the kernel had
+    /// no data for them (never written, or dropped; see `backed`), and the
+    /// queries that found them.
+    pub absent_pages_skipped: u64,
+    pub residency_queries: u64,
 }
 
 /// Cycles completed (without computing the rest of [`stats`]).
@@ -764,6 +770,8 @@ pub fn stats() -> GcStats {
         markers: parallel::markers() as u64,
         marked_objects: C.marked_objects.load(Relaxed),
         helper_marked_objects: C.helper_marked_objects.load(Relaxed),
+        absent_pages_skipped: backed::SKIPPED_PAGES.load(Relaxed),
+        residency_queries: backed::QUERIES.load(Relaxed),
         throttled_rounds: C.throttled_rounds.load(Relaxed),
         throttled_ns: C.throttled_ns.load(Relaxed),
         precleaned_pages: C.precleaned_pages.load(Relaxed),
