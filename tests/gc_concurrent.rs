@@ -168,10 +168,11 @@ fn run_scenario(secs: u64, mover: impl Fn(u64) + Send + Sync) {
     let g = magpie::stats().gc;
     let cycles = g.cycles - cycles0;
     println!(
-        "rounds {round}, moves {}, cycles {cycles}, concurrent {}, source {}, throttled rounds {}, helpers marked {}",
+        "rounds {round}, moves {}, cycles {cycles}, concurrent {}, source {}, absent pages not read {}, throttled rounds {}, helpers marked {}",
         MOVES.load(Relaxed),
         g.last_cycle_concurrent,
         g.dirty_source,
+        g.absent_pages_skipped,
         g.throttled_rounds,
         g.helper_marked_objects
     );
@@ -194,6 +195,70 @@ fn scenario_heap_to_heap(round: u64) {
             check_cell(to, round);
             scrub();
         }
+    }
+}
+
+/// Pages of a big buffer the marker skips (`gc::backed`: it reads only the
+/// pages the kernel has data for): the buffer hangs from a near cell, so it
+/// is marked early, while its pages are dropped; the reference then moves
+/// from a far cell (reached late) into one of those pages, whose first write
+/// comes after the marker asked. Only the dirty-page rescan can find it.
+fn scenario_into_untouched_pages(round: u64) {
+    const PAGES: usize = 64;
+    const WORDS: usize = PAGES * 512;
+    static CELLS: std::sync::OnceLock<(&'static AtomicUsize, Hidden)> = std::sync::OnceLock::new();
+    let (near, far) = *CELLS.get_or_init(|| (heap_cell(), Hidden::new(far_cell())));
+    let far = far.get();
+    if near.load(SeqCst) == 0 {
+        // 256 KiB of words: a large object, scanned (align 8), page aligned.
+        let buf: Box<[usize]> = vec![0usize; WORDS].into_boxed_slice();
+        near.store(Box::into_raw(buf) as *mut usize as usize, SeqCst);
+    }
+    let buf = near.load(SeqCst) as *mut usize;
+    let drop_page = |k: usize| {
+        // SAFETY: page k of the buffer, ours; it holds no reference now
+        // (dropped pages read back as zeros).
+        let r = unsafe { libc::madvise(buf.add(k * 512).cast(), 4096, libc::MADV_DONTNEED) };
+        assert_eq!(r, 0);
+    };
+    for k in 0..PAGES {
+        drop_page(k);
+    }
+    far.store(0, SeqCst);
+    plant(far, round);
+    scrub();
+    for i in 0..4_000 {
+        let k = (i * 7) % PAGES;
+        let slot = (k * 512 + i % 512) as isize;
+        into_page(far, buf, slot);
+        work();
+        out_of_page(far, buf, slot);
+        drop_page(k);
+        work();
+        MOVES.fetch_add(1, Relaxed);
+        if i % 64 == 63 {
+            check_cell(far, round);
+            scrub();
+        }
+    }
+    check(far.load(SeqCst), round);
+}
+
+/// Moves the cell's reference into word `slot` of `buf` (see `plant` for
+/// why a frame of its own).
+#[inline(never)]
+fn into_page(cell: &AtomicUsize, buf: *mut usize, slot: isize) {
+    // SAFETY: slot lies inside the live buffer.
+    unsafe { core::ptr::write_volatile(buf.offset(slot), cell.swap(0, SeqCst)) };
+}
+
+/// Moves word `slot` of `buf` back into the cell.
+#[inline(never)]
+fn out_of_page(cell: &AtomicUsize, buf: *mut usize, slot: isize) {
+    // SAFETY: slot lies inside the live buffer.
+    unsafe {
+        cell.store(core::ptr::read_volatile(buf.offset(slot)), SeqCst);
+        core::ptr::write_volatile(buf.offset(slot), 0);
     }
 }
 
@@ -336,6 +401,7 @@ fn scenario_of(name: &str) -> fn(u64) {
         "queue_between_threads" => scenario_queue_between_threads,
         "into_fresh_object" => scenario_into_fresh_object,
         "through_a_pipe" => scenario_through_a_pipe,
+        "into_untouched_pages" => scenario_into_untouched_pages,
         _ => panic!("unknown scenario {name}"),
     }
 }
@@ -414,6 +480,8 @@ scenarios! {
     move_between_threads_through_a_queue: "queue_between_threads", &[];
     move_into_fresh_objects: "into_fresh_object", &[];
     move_through_a_pipe_into_a_heap_buffer: "through_a_pipe", &[];
+    move_into_pages_the_marker_skipped: "into_untouched_pages", &[];
+    stop_the_world_move_into_untouched_pages: "into_untouched_pages", &[("MAGPIE_CONCURRENT", "0")];
     stop_the_world_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_CONCURRENT", "0")];
     stop_the_world_move_through_a_pipe: "through_a_pipe", &[("MAGPIE_CONCURRENT", "0")];
     no_dirty_source_falls_back: "into_fresh_object", &[("MAGPIE_DIRTY", "none")];
