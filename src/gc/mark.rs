@@ -586,22 +586,35 @@ impl Marker {
 
     /// Mark termination of a concurrent cycle: rescans what the program may
     /// have written since its pages were protected, `[lo, hi)` of the heap:
-    /// the allocated objects overlapping it, clipped to it (noscan spans and
-    /// free slots skipped).
+    /// the marked and the born-black objects overlapping it, clipped to it
+    /// (noscan spans, free slots and unmarked objects skipped).
+    ///
+    /// An unmarked object needs no rescan: if it is reachable it gets marked
+    /// (from a root or another rescanned object) and then scanned whole, with
+    /// whatever it holds by then; if it is not, what it holds does not count.
+    /// Only objects scanned already (marked) or never to be scanned (born
+    /// black) can hide a pointer written after their scan. On a page of a
+    /// heap full of garbage (a program that relies on the collector) that is
+    /// most of the objects.
     pub fn scan_written(&mut self, lo: usize, hi: usize) {
         for_each_scannable_part(lo, hi, |sp, addr, end| match sp.state.load(Relaxed) {
             span::SMALL => {
                 let size = sp.elemsize as usize;
                 let mut i = sp.slot_of(addr);
                 while i < sp.nelems as usize && sp.slot_addr(i) < end {
-                    if span::is_allocated(sp.slot_state(i).load(Relaxed)) {
+                    let st = sp.slot_state(i).load(Relaxed);
+                    if span::is_allocated(st) && (sp.is_marked(i) || self.born_black(st)) {
                         let a = sp.slot_addr(i);
                         self.scan_range(a.max(addr), (a + size).min(end));
                     }
                     i += 1;
                 }
             }
-            span::LARGE if span::is_allocated(sp.large_alloc.load(Relaxed)) => {
+            span::LARGE
+                if span::is_allocated(sp.large_alloc.load(Relaxed))
+                    && (sp.large_mark.load(Relaxed) != 0
+                        || self.born_black(sp.large_alloc.load(Relaxed))) =>
+            {
                 // A page the kernel reports written may be one never touched
                 // (a fresh object's dropped pages carry no protection): only
                 // the pages that hold data (see `backed`).
