@@ -34,14 +34,21 @@ extern void magpie_fill_mallinfo2(struct mallinfo2 *mi);
  * starts at the program's call. The shim is compiled with frame pointers, so
  * the caller's rbp is the word at this function's frame address. */
 extern unsigned char magpie_leak_tracking;
+/* Set once magpie knows no site is recorded: the functions below then
+ * tail-call the engine (see TRACKED). */
+extern unsigned char magpie_shim_direct;
+#define DIRECT() __builtin_expect(__atomic_load_n(&magpie_shim_direct, __ATOMIC_RELAXED), 1)
 extern void magpie_leak_record(void *p, size_t size, uintptr_t ip, uintptr_t sp, uintptr_t bp);
 #define TRACKING() __builtin_expect(__atomic_load_n(&magpie_leak_tracking, __ATOMIC_RELAXED), 0)
 #define RECORD(p, size)                                                                    \
     magpie_leak_record((p), (size), (uintptr_t)__builtin_return_address(0),                \
                        (uintptr_t)__builtin_dwarf_cfa(), *(uintptr_t *)__builtin_frame_address(0))
 /* Defines an exported allocation function: `call` computes p, then the site is
- * recorded for `size` bytes when tracking. */
+ * recorded for `size` bytes when tracking. Without tracking the call is a tail
+ * call, so the common case costs one byte load over the engine's own path. */
 #define TRACKED(p, size, call)                                                             \
+    if (DIRECT())                                                                          \
+        return (call);                                                                     \
     void *p = (call);                                                                      \
     if (TRACKING() && p)                                                                   \
         RECORD(p, size);                                                                   \

@@ -47,6 +47,13 @@ use crate::sys::env;
 #[no_mangle]
 pub static magpie_leak_tracking: AtomicU8 = AtomicU8::new(0);
 
+/// Nonzero once the allocator knows allocations record no sites: the preload
+/// shim's allocation functions then tail-call the engine (no frame of their
+/// own, no check after the call). Zero until then, so the first allocation,
+/// which initialises magpie and with it this flag, takes the checked path.
+#[no_mangle]
+pub static magpie_shim_direct: AtomicU8 = AtomicU8::new(0);
+
 /// Frames kept per allocation (`MAGPIE_LEAK_STACKS`, default 8; 0 = sizes only).
 static DEPTH: AtomicUsize = AtomicUsize::new(8);
 /// Frames the Rust face captures beyond `DEPTH`: magpie's own, dropped in the report.
@@ -60,6 +67,7 @@ static EXIT_REPORT_DONE: AtomicBool = AtomicBool::new(false);
 /// the first span exists (spans size their site records by it).
 pub fn init() {
     if crate::gc::mode_from_env() != crate::gc::Mode::LeakCheck {
+        magpie_shim_direct.store(1, Relaxed);
         return;
     }
     DEPTH.store(
