@@ -410,7 +410,10 @@ pub fn free(p: *mut u8) {
                         state: st as *const AtomicU8 as usize,
                     };
                     if !cache::push(sp.spanclass as usize, e, sp.owner.load(Relaxed)) {
-                        free_slow(sp, i, e);
+                        // Only p is kept across the push: with the span and
+                        // slot recomputed on the slow path, the fast path
+                        // needs no callee-saved register (no stack frame).
+                        free_slow_at(p);
                     }
                     return;
                 }
@@ -461,6 +464,23 @@ fn free_other(p: usize) {
 #[inline(never)]
 fn double_free(p: usize) -> ! {
     fatal("double free (or free of memory not allocated) at", Some(p))
+}
+
+/// [`free_slow`] for the fast path's slot `p`, whose state byte it already
+/// cleared (the span cannot be released meanwhile: the slot is on no list,
+/// so the span is not all free).
+#[cold]
+#[inline(never)]
+fn free_slow_at(p: usize) {
+    // SAFETY: p is the start of a slot of an in-use small span (checked by
+    // the fast path, and the span stays in use, see above).
+    let sp = unsafe { &*heap::span_of(p) };
+    let i = sp.slot_of(p);
+    let e = Entry {
+        ptr: p,
+        state: sp.slot_state(i) as *const AtomicU8 as usize,
+    };
+    free_slow(sp, i, e)
 }
 
 #[cold]
