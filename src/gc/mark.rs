@@ -882,6 +882,13 @@ mod tests {
                     *(h as *mut usize).add(100) = t;
                 }
             }
+            // The holders were marked (and scanned) before the writes: a
+            // rescan reads only marked or born-black objects.
+            for &h in &holders {
+                // SAFETY: a live small span (we hold the object).
+                let sp = unsafe { &*heap::span_of(h) };
+                sp.mark_slot(sp.slot_of(h));
+            }
             let mut m = Marker::new().expect("marker");
             m.cap = 4;
             for &h in &holders {
