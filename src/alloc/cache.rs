@@ -60,6 +60,9 @@ pub struct CpuCache {
 }
 
 pub const ENTRIES_OFF: usize = offset_of!(CpuCache, entries);
+/// Where the fast paths count, indexed by the header offset (`sc * 8`).
+pub const ALLOCS_OFF: usize = offset_of!(CpuCache, stats) + offset_of!(CpuStats, allocs);
+pub const FREES_OFF: usize = offset_of!(CpuCache, stats) + offset_of!(CpuStats, frees);
 pub const TINY_OFF: usize = offset_of!(CpuCache, tiny);
 pub const SHIFT: usize = core::mem::size_of::<CpuCache>()
     .next_power_of_two()
@@ -177,13 +180,10 @@ pub fn pop(sc: usize) -> usize {
     if off == 0 {
         return 0;
     }
-    // SAFETY: off is the registered rseq offset; caches and ncpu were set with it.
-    let (p, c) = unsafe { rseq_ops::pop(off, sc * 8) };
-    if p != 0 {
-        // SAFETY: c is the cache the pop used; sc < NUM_SPANCLASSES (span classes come from the class table).
-        bump(unsafe { (*(c as *const CpuCache)).stats.allocs.get_unchecked(sc) });
-    }
-    p
+    // SAFETY: off is the registered rseq offset; caches and ncpu were set
+    // with it; sc < NUM_SPANCLASSES (span classes come from the class table),
+    // the length of the header and statistics arrays.
+    unsafe { rseq_ops::pop(off, sc * 8) }
 }
 
 /// Pushes a freed slot of a span owned by `owner` (see `span::Span::owner`).
@@ -195,13 +195,7 @@ pub fn push(sc: usize, e: Entry, owner: u8) -> bool {
         return false;
     }
     // SAFETY: as in pop.
-    let c = unsafe { rseq_ops::push(off, sc * 8, e.ptr, e.state, owner) };
-    if c != 0 {
-        // SAFETY: c is the cache the push used; sc < NUM_SPANCLASSES.
-        bump(unsafe { (*(c as *const CpuCache)).stats.frees.get_unchecked(sc) });
-        return true;
-    }
-    false
+    unsafe { rseq_ops::push(off, sc * 8, e.ptr, e.state, owner) != 0 }
 }
 
 /// Carves a tiny object. 0 on a miss.

@@ -302,6 +302,16 @@ pub fn alloc_c(size: usize) -> *mut u8 {
     }
 }
 
+/// [`alloc_c`]'s fast path only: a slot from this CPU's cache, or null (a
+/// large size, an empty cache, no rseq); then call [`alloc_c`].
+#[inline(always)]
+pub fn alloc_c_cached(size: usize) -> *mut u8 {
+    match c_class(size) {
+        Some(c) => cache::pop(spanclass(c, false)) as *mut u8,
+        None => ptr::null_mut(),
+    }
+}
+
 /// C allocation with alignment (posix_memalign and friends): `align` is a power of two.
 pub fn alloc_c_aligned(size: usize, align: usize) -> *mut u8 {
     if align <= 8 {
@@ -427,7 +437,7 @@ pub fn free(p: *mut u8) {
 /// bookkeeping, and the faults (which abort naming `p`).
 #[cold]
 #[inline(never)]
-fn free_other(p: usize) {
+extern "C" fn free_other(p: usize) {
     match owner_of(p, Op::Free) {
         Owner::Small(s, i) => {
             let st = s.slot_state(i);
@@ -471,7 +481,7 @@ fn double_free(p: usize) -> ! {
 /// so the span is not all free).
 #[cold]
 #[inline(never)]
-fn free_slow_at(p: usize) {
+extern "C" fn free_slow_at(p: usize) {
     // SAFETY: p is the start of a slot of an in-use small span (checked by
     // the fast path, and the span stays in use, see above).
     let sp = unsafe { &*heap::span_of(p) };

@@ -31,7 +31,7 @@
 
 use core::arch::asm;
 
-use super::cache::{ENTRIES_OFF, FAST, SHIFT, TINY_OFF};
+use super::cache::{ALLOCS_OFF, ENTRIES_OFF, FAST, FREES_OFF, SHIFT, TINY_OFF};
 
 // pop and push read the cache base and the CPU count from `FAST` (offsets 8
 // and 16) inside the section, rip-relative, to spare two registers.
@@ -87,18 +87,20 @@ macro_rules! rseq_end {
     };
 }
 
-/// Pops a slot of the class at `hdr_off` from the current CPU's cache and marks
-/// it allocated. Returns `(slot, cache)`; slot 0 when the cache is empty or the
-/// thread has no valid CPU number.
+/// Pops a slot of the class at `hdr_off` from the current CPU's cache, marks
+/// it allocated and counts the allocation in that CPU's statistics (an
+/// increment after the section: a thread migrated just before it counts on
+/// its old CPU, racing that CPU's own count, which statistics tolerate).
+/// Returns the slot, or 0 when the cache is empty or the thread has no valid
+/// CPU number.
 ///
 /// # Safety
 /// `off` is the calling thread's rseq-area offset (non-zero, registered source),
 /// `caches` the base of `ncpu` caches of stride `1 << SHIFT`, `hdr_off` < the
-/// header array size.
+/// header array size (which is also the statistics arrays' size).
 #[inline(always)]
-pub unsafe fn pop(off: isize, hdr_off: usize) -> (usize, usize) {
+pub unsafe fn pop(off: isize, hdr_off: usize) -> usize {
     let p: usize;
-    let c: usize;
     // SAFETY: see the module docs; every memory access is inside the CPU's cache
     // or the slot-state byte of a cached entry, and the section restarts on abort.
     unsafe {
@@ -120,6 +122,7 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> (usize, usize) {
             "4:",
             "mov byte ptr [{s}], {t:l}",
             "9:",
+            "inc qword ptr [{c} + {hoff} + {allocs}]",
             "jmp 6f",
             "7:",
             "xor {p:e}, {p:e}",
@@ -135,22 +138,25 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> (usize, usize) {
             shift = const SHIFT,
             ent_p = const ENTRIES_OFF - 16,
             ent_s = const ENTRIES_OFF - 8,
+            allocs = const ALLOCS_OFF,
             t = out(reg) _,
-            c = out(reg) c,
+            c = out(reg) _,
             h = out(reg) _,
             s = out(reg) _,
             p = out(reg) p,
             options(nostack),
         );
     }
-    (p, c)
+    p
 }
 
 /// Pushes a free slot (address and state byte) onto the current CPU's cache
 /// if the low byte of the CPU number is `owner` (the slot's span's owner; see
 /// `span::Span::owner`) or the class is not routed to owners
-/// (`central::routes_remote`). Returns the cache, or 0 when the CPU is not
-/// the owner, the cache is full or the thread has no valid CPU.
+/// (`central::routes_remote`), and counts the free in that CPU's statistics
+/// (after the section, as [`pop`] does). Returns nonzero when it pushed, 0
+/// when the CPU is not the owner, the cache is full or the thread has no
+/// valid CPU.
 ///
 /// # Safety
 /// As for [`pop`].
@@ -180,6 +186,7 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: 
             "inc {h}",
             "mov qword ptr [{c} + {hoff}], {h}",
             "4:",
+            "inc qword ptr [{c} + {hoff} + {frees}]",
             "mov {r}, {c}",
             "jmp 6f",
             "7:",
@@ -196,6 +203,7 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: 
             shift = const SHIFT,
             ent_p = const ENTRIES_OFF,
             ent_s = const ENTRIES_OFF + 8,
+            frees = const FREES_OFF,
             t = out(reg) _,
             c = out(reg) _,
             h = out(reg) _,

@@ -125,7 +125,10 @@ pub fn class_of(size: usize) -> usize {
     if size <= SMALL_MAX {
         SMALL_LOOKUP[(size + SMALL_DIV - 1) / SMALL_DIV] as usize
     } else {
-        LARGE_LOOKUP[(size - SMALL_MAX + LARGE_DIV - 1) / LARGE_DIV] as usize
+        // Clamped rather than checked: the allocation fast path then has no
+        // panic branch, and so no stack frame (size <= MAX_SMALL anyway).
+        let i = (size - SMALL_MAX + LARGE_DIV - 1) / LARGE_DIV;
+        LARGE_LOOKUP[i.min(LARGE_LOOKUP.len() - 1)] as usize
     }
 }
 

@@ -24,6 +24,19 @@ fn nomem(p: *mut u8) -> *mut c_void {
 /// `malloc(0)` returns a unique pointer that can be freed.
 #[no_mangle]
 pub extern "C" fn magpie_malloc(size: usize) -> *mut c_void {
+    // The fast path alone, its miss a tail call: nothing lives across a
+    // call, so it needs no stack frame.
+    let p = engine::alloc_c_cached(size);
+    if !p.is_null() {
+        return p.cast();
+    }
+    malloc_slow(size)
+}
+
+/// `extern "C"`, so that it cannot unwind and the call to it can be a jump.
+#[cold]
+#[inline(never)]
+extern "C" fn malloc_slow(size: usize) -> *mut c_void {
     nomem(engine::alloc_c(size))
 }
 
