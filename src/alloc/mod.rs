@@ -434,7 +434,8 @@ pub fn free(p: *mut u8) {
 }
 
 /// Every free but the fast path's: tiny and large objects, leakcheck's
-/// bookkeeping, and the faults (which abort naming `p`).
+/// bookkeeping, and the faults (which abort naming `p`). `extern "C"` (it
+/// cannot unwind), so the fast path reaches it with a jump, not a call.
 #[cold]
 #[inline(never)]
 extern "C" fn free_other(p: usize) {
@@ -478,7 +479,7 @@ fn double_free(p: usize) -> ! {
 
 /// [`free_slow`] for the fast path's slot `p`, whose state byte it already
 /// cleared (the span cannot be released meanwhile: the slot is on no list,
-/// so the span is not all free).
+/// so the span is not all free). `extern "C"` as [`free_other`] is.
 #[cold]
 #[inline(never)]
 extern "C" fn free_slow_at(p: usize) {

@@ -24,8 +24,8 @@ fn nomem(p: *mut u8) -> *mut c_void {
 /// `malloc(0)` returns a unique pointer that can be freed.
 #[no_mangle]
 pub extern "C" fn magpie_malloc(size: usize) -> *mut c_void {
-    // The fast path alone, its miss a tail call: nothing lives across a
-    // call, so it needs no stack frame.
+    // The fast path alone, its miss a tail call (which tries the cache once
+    // more): nothing lives across a call, so it needs no stack frame.
     let p = engine::alloc_c_cached(size);
     if !p.is_null() {
         return p.cast();

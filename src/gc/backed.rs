@@ -124,6 +124,26 @@ fn query(lo: usize, hi: usize, f: &mut dyn FnMut(usize, usize)) -> bool {
 mod tests {
     use super::*;
 
+    /// A fresh private anonymous mapping of `n` pages, without huge pages
+    /// (so pages are asked about one by one); the caller unmaps it.
+    fn map_pages(n: usize) -> usize {
+        // SAFETY: a fresh private anonymous mapping aliases nothing.
+        let base = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                n * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        // SAFETY: advice on the mapping just made.
+        unsafe { libc::madvise(base, n * PAGE, libc::MADV_NOHUGEPAGE) };
+        base as usize
+    }
+
     fn runs(lo: usize, hi: usize) -> Vec<(usize, usize)> {
         let mut v = Vec::new();
         assert!(query(lo, hi, &mut |a, b| v.push((a, b))) || swap_configured());
@@ -137,20 +157,7 @@ mod tests {
             return;
         }
         const N: usize = 64;
-        // SAFETY: a fresh private anonymous mapping, unmapped below.
-        let base = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                N * PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as usize;
-        assert_ne!(base as *mut libc::c_void, libc::MAP_FAILED);
-        // SAFETY: no huge pages, so pages are asked about one by one.
-        unsafe { libc::madvise(base as *mut libc::c_void, N * PAGE, libc::MADV_NOHUGEPAGE) };
+        let base = map_pages(N);
         assert_eq!(runs(base, base + N * PAGE), vec![]);
         // Pages 3, 4, 5 and 40 written; page 50 only read (the zero page:
         // mapped, reported, harmless).
@@ -184,20 +191,7 @@ mod tests {
             return;
         }
         let n = BUF_PAGES + 64;
-        // SAFETY: a fresh private anonymous mapping, unmapped below.
-        let base = unsafe {
-            libc::mmap(
-                core::ptr::null_mut(),
-                n * PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        } as usize;
-        assert_ne!(base as *mut libc::c_void, libc::MAP_FAILED);
-        // SAFETY: as above.
-        unsafe { libc::madvise(base as *mut libc::c_void, n * PAGE, libc::MADV_NOHUGEPAGE) };
+        let base = map_pages(n);
         let pg = |p: usize| base + p * PAGE;
         for p in BUF_PAGES - 2..BUF_PAGES + 3 {
             // SAFETY: inside the mapping.
