@@ -63,31 +63,24 @@ fn swap_configured() -> bool {
 /// The query; false (nothing reported) when its answer cannot be trusted.
 fn query(lo: usize, hi: usize, f: &mut dyn FnMut(usize, usize)) -> bool {
     let mut vec = [0u8; BUF_PAGES];
-    // Whether a call's answer was used: after that, a failure reports the
-    // rest of the range whole rather than all of it again.
-    let mut answered = false;
     let (mut run_lo, mut run_hi) = (0usize, 0usize);
     let mut skipped = 0u64;
     let mut addr = lo;
     while addr < hi {
         let n = ((hi - addr) / PAGE).min(BUF_PAGES);
         // SAFETY: the range lies in the heap's mapping; vec holds n >= bytes.
-        if unsafe { libc::mincore(addr as *mut libc::c_void, n * PAGE, vec.as_mut_ptr()) } != 0 {
-            if !answered {
-                return false;
-            }
-            if run_hi > run_lo {
-                f(run_lo, run_hi);
-            }
-            f(addr, hi);
-            return true;
-        }
-        if swap_configured() {
+        let ok =
+            unsafe { libc::mincore(addr as *mut libc::c_void, n * PAGE, vec.as_mut_ptr()) } == 0;
+        let swap = ok && swap_configured();
+        if swap {
             SWAP_SEEN.store(true, Relaxed);
-            if !answered {
+        }
+        if !ok || swap {
+            if addr == lo {
                 return false;
             }
-            // Runs reported before were answered with no swap configured.
+            // The earlier calls' answers stand (they were given with no swap
+            // configured); the rest of the range is reported whole.
             if run_hi > run_lo {
                 f(run_lo, run_hi);
             }
@@ -109,7 +102,6 @@ fn query(lo: usize, hi: usize, f: &mut dyn FnMut(usize, usize)) -> bool {
                 (run_lo, run_hi) = (page, page + PAGE);
             }
         }
-        answered = true;
         addr += n * PAGE;
     }
     if run_hi > run_lo {
