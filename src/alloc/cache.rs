@@ -195,7 +195,7 @@ pub fn push(sc: usize, e: Entry, owner: u8) -> bool {
         return false;
     }
     // SAFETY: as in pop.
-    unsafe { rseq_ops::push(off, sc * 8, e.ptr, e.state, owner) != 0 }
+    unsafe { rseq_ops::push(off, sc * 8, e.ptr, e.state, owner) }
 }
 
 /// Carves a tiny object. 0 on a miss.

@@ -2,14 +2,18 @@
 //!
 //! Each operation is a critical section registered with the kernel through the
 //! thread's rseq area: it reads `cpu_id`, works on that CPU's cache, and
-//! commits with a single store. If the thread is preempted, migrated or
+//! commits with a single store (or one read-modify-write instruction). If the thread is preempted, migrated or
 //! signalled before the commit, the kernel moves it to the abort handler, which
 //! starts over; so a section either took effect entirely on the CPU it read or
 //! not at all, with no atomic read-modify-write (tcmalloc's per-CPU slabs).
 //!
 //! Header word of span class `sc` (at `hdr_off = sc * 8`):
 //! bits 0..16 `current`, 16..32 `begin`, 32..48 `end` (indices into `entries`).
-//! The class's cached slots are `entries[begin..current]`.
+//! The class's cached slots are `entries[begin..current]`. Little-endian, so
+//! the fields are also the 16-bit words at byte offsets 0, 2 and 4: pop and
+//! push compare `current` with `begin`/`end` in memory and commit with one
+//! `dec`/`inc` of the word `current` (a single instruction, which is all the
+//! commit needs), four to five instructions fewer than decoding the word.
 //!
 //! Each section is laid out as:
 //! ```text
@@ -107,18 +111,16 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> usize {
         asm!(
             rseq_begin!(),
             rseq_cpu_cache!(),
-            "mov {h}, qword ptr [{c} + {hoff}]",
-            "movzx {t:e}, {h:x}",
-            "mov {s:e}, {h:e}",
-            "shr {s:e}, 16",
-            "cmp {t:e}, {s:e}",
+            // current == begin: empty. The header's fields are read and
+            // the commit made in memory, as 16-bit words.
+            "movzx {t:e}, word ptr [{c} + {hoff}]",
+            "cmp {t:x}, word ptr [{c} + {hoff} + 2]",
             "je 7f",
             "shl {t:e}, 4",
             "mov {p}, qword ptr [{c} + {t} + {ent_p}]",
             "mov {s}, qword ptr [{c} + {t} + {ent_s}]",
             "movzx {t:e}, byte ptr [rip + {tag}]",
-            "dec {h}",
-            "mov qword ptr [{c} + {hoff}], {h}",
+            "dec word ptr [{c} + {hoff}]",
             "4:",
             "mov byte ptr [{s}], {t:l}",
             "9:",
@@ -141,7 +143,6 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> usize {
             allocs = const ALLOCS_OFF,
             t = out(reg) _,
             c = out(reg) _,
-            h = out(reg) _,
             s = out(reg) _,
             p = out(reg) p,
             options(nostack),
@@ -154,14 +155,14 @@ pub unsafe fn pop(off: isize, hdr_off: usize) -> usize {
 /// if the low byte of the CPU number is `owner` (the slot's span's owner; see
 /// `span::Span::owner`) or the class is not routed to owners
 /// (`central::routes_remote`), and counts the free in that CPU's statistics
-/// (after the section, as [`pop`] does). Returns nonzero when it pushed, 0
+/// (after the section, as [`pop`] does). Returns true when it pushed, false
 /// when the CPU is not the owner, the cache is full or the thread has no
 /// valid CPU.
 ///
 /// # Safety
 /// As for [`pop`].
 #[inline(always)]
-pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: u8) -> usize {
+pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: u8) -> bool {
     let r: usize;
     // SAFETY: as for pop; entries above `current` are scratch until the commit.
     unsafe {
@@ -173,21 +174,17 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: 
             "jne 7f",
             "12:",
             rseq_cpu_cache!(),
-            "mov {h}, qword ptr [{c} + {hoff}]",
-            "movzx {t:e}, {h:x}",
-            "mov {r}, {h}",
-            "shr {r}, 32",
-            "movzx {r:e}, {r:x}",
-            "cmp {t:e}, {r:e}",
+            // current == end: full (16-bit words, as in pop).
+            "movzx {t:e}, word ptr [{c} + {hoff}]",
+            "cmp {t:x}, word ptr [{c} + {hoff} + 4]",
             "je 7f",
             "shl {t:e}, 4",
             "mov qword ptr [{c} + {t} + {ent_p}], {ptr}",
             "mov qword ptr [{c} + {t} + {ent_s}], {st}",
-            "inc {h}",
-            "mov qword ptr [{c} + {hoff}], {h}",
+            "inc word ptr [{c} + {hoff}]",
             "4:",
             "inc qword ptr [{c} + {hoff} + {frees}]",
-            "mov {r}, {c}",
+            "mov {r:e}, 1",
             "jmp 6f",
             "7:",
             "xor {r:e}, {r:e}",
@@ -206,12 +203,11 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: 
             frees = const FREES_OFF,
             t = out(reg) _,
             c = out(reg) _,
-            h = out(reg) _,
             r = out(reg) r,
             options(nostack),
         );
     }
-    r
+    r != 0
 }
 
 /// Arguments of the batch sections, passed in memory to spare registers.
