@@ -2,9 +2,9 @@
 //!
 //! Each operation is a critical section registered with the kernel through the
 //! thread's rseq area: it reads `cpu_id`, works on that CPU's cache, and
-//! commits with a single store (or one read-modify-write instruction). If the thread is preempted, migrated or
-//! signalled before the commit, the kernel moves it to the abort handler, which
-//! starts over; so a section either took effect entirely on the CPU it read or
+//! commits with a single store (or one read-modify-write instruction). If the
+//! thread is preempted, migrated or signalled before the commit, the kernel
+//! moves it to the abort handler, which starts over; so a section either took effect entirely on the CPU it read or
 //! not at all, with no atomic read-modify-write (tcmalloc's per-CPU slabs).
 //!
 //! Header word of span class `sc` (at `hdr_off = sc * 8`):
