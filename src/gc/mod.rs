@@ -271,10 +271,16 @@ fn bounded_wait(word: &AtomicU32, recheck_ns: u64, done: impl Fn(u32) -> bool) {
     loop {
         let v = word.load(Acquire);
         let waited = crate::sys::os::now_ns() - t0;
-        if done(v) || waited >= THROTTLE_MAX_NS {
+        // A hard throttle (see `Throttle::harden`) holds a thread longer.
+        let max = if THROTTLE.load(Relaxed) == THROTTLE_HARD {
+            THROTTLE_HARD_MAX_NS
+        } else {
+            THROTTLE_MAX_NS
+        };
+        if done(v) || waited >= max {
             break;
         }
-        futex::wait(word, v, Some((THROTTLE_MAX_NS - waited).min(recheck_ns)));
+        futex::wait(word, v, Some((max - waited).min(recheck_ns)));
     }
     C.throttled_ns
         .fetch_add(crate::sys::os::now_ns() - t0, Relaxed);
@@ -304,6 +310,16 @@ fn over_goal() -> bool {
 pub(crate) static THROTTLE: AtomicU32 = AtomicU32::new(0);
 /// Longest single wait: an allocating thread is slowed, never stalled for long.
 const THROTTLE_MAX_NS: u64 = 2_000_000;
+/// `THROTTLE` while precleaning has stalled under the normal throttle: the
+/// program writes pages as fast as they are rescanned even with each
+/// allocating thread held 2 ms per allocation slow path, so a thread is held
+/// until the pass ends (at most `THROTTLE_HARD_MAX_NS`), as Go holds a
+/// goroutine that owes more assist work than it can do. Threads that do not
+/// allocate run on; the pause the termination would otherwise take (a
+/// rescan of everything written meanwhile, with every thread stopped) is
+/// what this buys down.
+const THROTTLE_HARD: u32 = 2;
+const THROTTLE_HARD_MAX_NS: u64 = 20_000_000;
 
 #[cold]
 #[inline(never)]
@@ -326,6 +342,11 @@ impl Throttle {
         THROTTLE.store(1, Release);
         C.throttled_rounds.fetch_add(1, Relaxed);
         Throttle
+    }
+
+    /// Makes the throttle hard (see `THROTTLE_HARD`); false if it was already.
+    pub(crate) fn harden(&self) -> bool {
+        THROTTLE.swap(THROTTLE_HARD, AcqRel) != THROTTLE_HARD
     }
 }
 
