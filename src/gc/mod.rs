@@ -178,6 +178,15 @@ pub fn init() -> bool {
         ));
         return false;
     }
+    // Statics that hold no program pointer are not roots (once: a forked
+    // child inherits the registry).
+    static REGISTERED: AtomicBool = AtomicBool::new(false);
+    if !REGISTERED.swap(true, Relaxed) {
+        crate::sys::owned::register_registry();
+        for log in [&ALL_PAUSES, &SWEEP_TERM_PAUSES, &MARK_TERM_PAUSES] {
+            crate::sys::owned::register_static(log);
+        }
+    }
     MODE.store(m as u8, Relaxed);
     true
 }

@@ -30,6 +30,19 @@ pub fn register(addr: *mut u8, len: usize) -> bool {
     true
 }
 
+/// Records a static of magpie's that holds no program pointer as its own,
+/// so that the collector does not read it for roots at every termination
+/// (this registry and the pause logs: 112 KiB of the 300 KiB of roots of a
+/// small C program).
+pub fn register_static<T>(s: &'static T) {
+    register(s as *const T as *mut u8, core::mem::size_of::<T>());
+}
+
+/// Records the registry itself ([`register_static`]).
+pub fn register_registry() {
+    register_static(&REGISTRY);
+}
+
 /// Forgets the range starting at `addr`.
 pub fn unregister(addr: *mut u8) {
     let mut r = REGISTRY.lock();
