@@ -4,8 +4,9 @@
 //! thread's rseq area: it reads `cpu_id`, works on that CPU's cache, and
 //! commits with a single store (or one read-modify-write instruction). If the
 //! thread is preempted, migrated or signalled before the commit, the kernel
-//! moves it to the abort handler, which starts over; so a section either took effect entirely on the CPU it read or
-//! not at all, with no atomic read-modify-write (tcmalloc's per-CPU slabs).
+//! moves it to the abort handler, which starts over; so a section either took
+//! effect entirely on the CPU it read or not at all, with no atomic
+//! read-modify-write (tcmalloc's per-CPU slabs).
 //!
 //! Header word of span class `sc` (at `hdr_off = sc * 8`):
 //! bits 0..16 `current`, 16..32 `begin`, 32..48 `end` (indices into `entries`).

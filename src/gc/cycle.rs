@@ -215,9 +215,9 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     let mut runs = RunBuffer::new();
     let mut rounds = 0;
     let mut dirty_pages = 0u64;
-    // Allocation is throttled while precleaning passes are over budget and
-    // from the first over-budget termination round to the end of the cycle
-    // (dropped on every way out).
+    // Allocation is throttled from the first over-budget precleaning pass
+    // or termination round to the end of the cycle (dropped on every way
+    // out; see `preclean`).
     let mut throttle: Option<super::Throttle> = None;
 
     let mut ns_per_page = NS_PER_PAGE;
@@ -345,11 +345,12 @@ fn concurrent(my_sp: usize) -> Option<u64> {
 /// finds only the latest writes rather than everything written while the
 /// heap (or the previous pass) was scanned. A pass that finds more than the
 /// pause budget's worth of pages throttles allocation before it scans them
-/// (so the next pass finds fewer); the passes end when one finds a budget's
-/// worth or less, when a throttled pass fails to shrink the written pages by
-/// a quarter (the program writes as fast as passes rescan: it stays
-/// throttled into the termination rounds, which need it more), or after
-/// `MAX_PRECLEAN` passes. Returns the pages rescanned.
+/// (so the next pass finds fewer), to the end of the cycle. The passes end
+/// when one finds a budget's worth or less, or after `MAX_PRECLEAN`. A
+/// throttled pass that fails to shrink the written pages by a quarter (the
+/// program writes as fast as passes rescan) makes the throttle hard
+/// (`Throttle::harden`); a second such pass ends the passes, and the
+/// termination rounds take over. Returns the pages rescanned.
 fn preclean(
     m: &mut mark::Marker,
     runs: &mut RunBuffer,

@@ -280,7 +280,8 @@ fn bounded_wait(word: &AtomicU32, recheck_ns: u64, done: impl Fn(u32) -> bool) {
     loop {
         let v = word.load(Acquire);
         let waited = crate::sys::os::now_ns() - t0;
-        // A hard throttle (see `Throttle::harden`) holds a thread longer.
+        // A hard throttle (see `Throttle::harden`) holds a thread longer
+        // (only throttle waits see it: a mark is under way).
         let max = if THROTTLE.load(Relaxed) == THROTTLE_HARD {
             THROTTLE_HARD_MAX_NS
         } else {
