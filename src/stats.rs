@@ -237,7 +237,7 @@ pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
             let mt = &g.mark_termination;
             writeln!(
                 out,
-                "  concurrent  dirty pages: {}; marking {:.1} ms with the world running; {} termination rounds (max {} in a cycle), {} written pages rescanned ({} before termination), {} absent pages not read; allocation throttled in {} cycles, {:.1} ms waited; {:.1} ms protecting and unprotecting the heap",
+                "  concurrent  dirty pages: {}; marking {:.1} ms with the world running; {} termination rounds (max {} in a cycle), {} written pages rescanned ({} before termination), {} absent pages not read; allocation throttled in {} cycles ({} held hard), {:.1} ms waited; {:.1} ms protecting and unprotecting the heap",
                 g.dirty_source,
                 us(g.concurrent_mark_ns) / 1000.0,
                 g.rounds,
@@ -246,6 +246,7 @@ pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
                 g.precleaned_pages,
                 g.absent_pages_skipped,
                 g.throttled_rounds,
+                g.hard_throttles,
                 us(g.throttled_ns) / 1000.0,
                 us(g.protect_ns) / 1000.0
             )?;
@@ -380,8 +381,8 @@ pub fn write_json(out: &mut dyn Write, s: &Stats) -> fmt::Result {
     pauses(out, "mark_termination", &g.mark_termination)?;
     write!(
         out,
-        ",\"concurrent_mark_ns\":{},\"rounds\":{},\"rounds_max\":{},\"dirty_pages\":{},\"dirty_pages_last\":{},\"dirty_failures\":{},\"mark_stack_peak\":{},\"throttled_rounds\":{},\"throttled_ns\":{},\"precleaned_pages\":{},\"protect_ns\":{},\"markers\":{},\"marked_objects\":{},\"helper_marked_objects\":{},\"absent_pages_skipped\":{},\"residency_queries\":{},",
-        g.concurrent_mark_ns, g.rounds, g.rounds_max, g.dirty_pages, g.dirty_pages_last, g.dirty_failures, g.mark_stack_peak, g.throttled_rounds, g.throttled_ns, g.precleaned_pages, g.protect_ns, g.markers, g.marked_objects, g.helper_marked_objects, g.absent_pages_skipped, g.residency_queries
+        ",\"concurrent_mark_ns\":{},\"rounds\":{},\"rounds_max\":{},\"dirty_pages\":{},\"dirty_pages_last\":{},\"dirty_failures\":{},\"mark_stack_peak\":{},\"throttled_rounds\":{},\"hard_throttles\":{},\"throttled_ns\":{},\"precleaned_pages\":{},\"protect_ns\":{},\"markers\":{},\"marked_objects\":{},\"helper_marked_objects\":{},\"absent_pages_skipped\":{},\"residency_queries\":{},",
+        g.concurrent_mark_ns, g.rounds, g.rounds_max, g.dirty_pages, g.dirty_pages_last, g.dirty_failures, g.mark_stack_peak, g.throttled_rounds, g.hard_throttles, g.throttled_ns, g.precleaned_pages, g.protect_ns, g.markers, g.marked_objects, g.helper_marked_objects, g.absent_pages_skipped, g.residency_queries
     )?;
     write!(
         out,

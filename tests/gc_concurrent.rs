@@ -168,12 +168,13 @@ fn run_scenario(secs: u64, mover: impl Fn(u64) + Send + Sync) {
     let g = magpie::stats().gc;
     let cycles = g.cycles - cycles0;
     println!(
-        "rounds {round}, moves {}, cycles {cycles}, concurrent {}, source {}, absent pages not read {}, throttled rounds {}, helpers marked {}",
+        "rounds {round}, moves {}, cycles {cycles}, concurrent {}, source {}, absent pages not read {}, throttled rounds {}, hard throttles {}, helpers marked {}",
         MOVES.load(Relaxed),
         g.last_cycle_concurrent,
         g.dirty_source,
         g.absent_pages_skipped,
         g.throttled_rounds,
+        g.hard_throttles,
         g.helper_marked_objects
     );
     assert!(cycles >= 100, "only {cycles} cycles ran");
@@ -441,6 +442,12 @@ fn run(test: &str, scenario: &str, env: &[(&str, &str)]) {
             "{test}: allocation was never throttled:\n{stdout}"
         );
     }
+    if env.contains(&("MAGPIE_DEBUG_HARD_THROTTLE", "1")) {
+        assert!(
+            !stdout.contains("hard throttles 0,"),
+            "{test}: the throttle was never hard:\n{stdout}"
+        );
+    }
     if env.contains(&("MAGPIE_DEBUG_MARK_CONCURRENTLY", "1")) {
         assert!(
             !stdout.contains("helpers marked 0\n"),
@@ -487,6 +494,10 @@ scenarios! {
     no_dirty_source_falls_back: "into_fresh_object", &[("MAGPIE_DIRTY", "none")];
     throttled_rounds_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_PAUSE_TARGET_US", "10")];
     throttled_rounds_move_between_threads: "queue_between_threads", &[("MAGPIE_PAUSE_TARGET_US", "10")];
+    // Allocating threads held until each precleaning pass ends (the hard
+    // throttle, normally only after a stalled pass).
+    hard_throttle_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_PAUSE_TARGET_US", "10"), ("MAGPIE_DEBUG_HARD_THROTTLE", "1")];
+    hard_throttle_move_between_threads: "queue_between_threads", &[("MAGPIE_PAUSE_TARGET_US", "10"), ("MAGPIE_DEBUG_HARD_THROTTLE", "1")];
     // Four markers share each final rescan of the written pages (as pieces
     // on their stacks); with an 8-entry mark stack the pieces that do not
     // fit are scanned at once (a dropped one would lose fresh objects).

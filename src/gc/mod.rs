@@ -92,6 +92,9 @@ static CONCURRENT: AtomicBool = AtomicBool::new(false);
 static DEBUG_PAUSES: AtomicBool = AtomicBool::new(false);
 /// `MAGPIE_PAUSE_TARGET_US`: the mark-termination pause budget.
 static PAUSE_TARGET_NS: AtomicU64 = AtomicU64::new(500_000);
+/// Test hook (`MAGPIE_DEBUG_HARD_THROTTLE=1`): a throttle is hard from its
+/// first pass, not only after a stall, so tests run the hard waits often.
+static DEBUG_HARD_THROTTLE: AtomicBool = AtomicBool::new(false);
 /// Test hook: allocate during mark termination (must abort).
 static DEBUG_ALLOC_IN_TERMINATION: AtomicBool = AtomicBool::new(false);
 const MIN_HEAP: u64 = 4 << 20;
@@ -146,6 +149,7 @@ pub fn init() -> bool {
         env::get_u64("MAGPIE_STOP_TIMEOUT_MS", 1000, 1, 600_000) * 1_000_000,
         Relaxed,
     );
+    DEBUG_HARD_THROTTLE.store(env::get_bool("MAGPIE_DEBUG_HARD_THROTTLE", false), Relaxed);
     DEBUG_ALLOC_IN_TERMINATION.store(
         env::get_bool("MAGPIE_DEBUG_ALLOC_IN_TERMINATION", false),
         Relaxed,
@@ -351,12 +355,20 @@ impl Throttle {
     pub(crate) fn on() -> Throttle {
         THROTTLE.store(1, Release);
         C.throttled_rounds.fetch_add(1, Relaxed);
-        Throttle
+        let t = Throttle;
+        if DEBUG_HARD_THROTTLE.load(Relaxed) {
+            t.harden();
+        }
+        t
     }
 
     /// Makes the throttle hard (see `THROTTLE_HARD`); false if it was already.
     pub(crate) fn harden(&self) -> bool {
-        THROTTLE.swap(THROTTLE_HARD, AcqRel) != THROTTLE_HARD
+        let first = THROTTLE.swap(THROTTLE_HARD, AcqRel) != THROTTLE_HARD;
+        if first {
+            C.hard_throttles.fetch_add(1, Relaxed);
+        }
+        first
     }
 }
 
@@ -645,6 +657,7 @@ struct Counters {
     helper_marked_objects: AtomicU64,
     throttled_ns: AtomicU64,
     throttled_rounds: AtomicU64,
+    hard_throttles: AtomicU64,
     precleaned_pages: AtomicU64,
     protect_ns: AtomicU64,
     root_scan_ns: AtomicU64,
@@ -675,6 +688,7 @@ static C: Counters = Counters {
     helper_marked_objects: AtomicU64::new(0),
     throttled_ns: AtomicU64::new(0),
     throttled_rounds: AtomicU64::new(0),
+    hard_throttles: AtomicU64::new(0),
     precleaned_pages: AtomicU64::new(0),
     protect_ns: AtomicU64::new(0),
     root_scan_ns: AtomicU64::new(0),
@@ -748,8 +762,11 @@ pub struct GcStats {
     /// cycle started).
     pub throttled_rounds: u64,
     pub throttled_ns: u64,
-    /// Written pages rescanned with the world running before the first
-    /// termination attempt (precleaning; included in `dirty_pages`).
+    /// Cycles in which the throttle became hard (a throttled precleaning
+    /// pass did not shrink the written pages; see `Throttle::harden`).
+    pub hard_throttles: u64,
+    /// Written pages rescanned with the world running before termination
+    /// attempts (precleaning; included in `dirty_pages`).
     pub precleaned_pages: u64,
     /// Time the collector thread spent write-protecting the heap when marking
     /// began and unprotecting it when marking ended (world running).
@@ -804,6 +821,7 @@ pub fn stats() -> GcStats {
         absent_pages_skipped: backed::SKIPPED_PAGES.load(Relaxed),
         residency_queries: backed::QUERIES.load(Relaxed),
         throttled_rounds: C.throttled_rounds.load(Relaxed),
+        hard_throttles: C.hard_throttles.load(Relaxed),
         throttled_ns: C.throttled_ns.load(Relaxed),
         precleaned_pages: C.precleaned_pages.load(Relaxed),
         protect_ns: C.protect_ns.load(Relaxed),
