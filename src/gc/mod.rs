@@ -273,24 +273,28 @@ fn wait_for_cycle() {
         return;
     }
     let seen = MARKS_ENDED.load(Acquire);
-    bounded_wait(&MARKS_ENDED, 100_000, |v| v != seen || marking());
+    bounded_wait(
+        &MARKS_ENDED,
+        100_000,
+        |_| THROTTLE_MAX_NS,
+        |v| v != seen || marking(),
+    );
 }
 
 /// Waits on `word` (woken when it changes, checking again every
-/// `recheck_ns`) until `done` holds for its value or `THROTTLE_MAX_NS` have
-/// passed; the time counts as throttled.
-fn bounded_wait(word: &AtomicU32, recheck_ns: u64, done: impl Fn(u32) -> bool) {
+/// `recheck_ns`) until `done` holds for its value or `max_ns` of its value
+/// have passed; the time counts as throttled.
+fn bounded_wait(
+    word: &AtomicU32,
+    recheck_ns: u64,
+    max_ns: impl Fn(u32) -> u64,
+    done: impl Fn(u32) -> bool,
+) {
     let t0 = crate::sys::os::now_ns();
     loop {
         let v = word.load(Acquire);
         let waited = crate::sys::os::now_ns() - t0;
-        // A hard throttle (see `Throttle::harden`) holds a thread longer
-        // (only throttle waits see it: a mark is under way).
-        let max = if THROTTLE.load(Relaxed) == THROTTLE_HARD {
-            THROTTLE_HARD_MAX_NS
-        } else {
-            THROTTLE_MAX_NS
-        };
+        let max = max_ns(v);
         if done(v) || waited >= max {
             break;
         }
@@ -342,10 +346,20 @@ fn throttle_wait() {
         return;
     }
     parallel::lend_cpu();
-    // Woken when the throttle ends; re-checks the heap every 200 us.
-    bounded_wait(&THROTTLE, 200_000, |v| {
-        v == 0 && !(marking() && over_goal())
-    });
+    // Woken when the throttle ends; re-checks the heap every 200 us. A
+    // hard throttle (see `Throttle::harden`) holds the thread longer.
+    bounded_wait(
+        &THROTTLE,
+        200_000,
+        |v| {
+            if v == THROTTLE_HARD {
+                THROTTLE_HARD_MAX_NS
+            } else {
+                THROTTLE_MAX_NS
+            }
+        },
+        |v| v == 0 && !(marking() && over_goal()),
+    );
 }
 
 /// Turns the throttle on for the life of the guard (see `THROTTLE`).
