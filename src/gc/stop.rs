@@ -298,14 +298,7 @@ pub fn stop_world(timeout_ns: u64) -> Stopped {
     // Let the threads of the previous stop leave their handler first (a
     // concurrent cycle stops twice in quick succession). Bounded: a thread
     // descheduled for long only delays this stop, it cannot block it.
-    let wait_start = os::now_ns();
-    loop {
-        let p = PARKED.load(Acquire);
-        if p == 0 || os::now_ns() - wait_start > timeout_ns / 2 {
-            break;
-        }
-        futex::wait(&PARKED, p, Some(1_000_000));
-    }
+    wait_unparked(timeout_ns / 2, 1_000_000);
     let me = gettid();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
@@ -493,18 +486,24 @@ pub fn restart_world() {
     STOPPING.store(false, Release);
     EPOCH.fetch_add(1, AcqRel); // even: running
     futex::wake(&EPOCH, i32::MAX);
-    let t0 = os::now_ns();
-    loop {
-        let p = PARKED.load(Acquire);
-        if p == 0 || os::now_ns() - t0 > RESTART_LEND_NS {
-            break;
-        }
-        futex::wait(&PARKED, p, Some(RESTART_LEND_NS / 4));
-    }
+    wait_unparked(RESTART_LEND_NS, RESTART_LEND_NS / 4);
 }
 
 /// Longest wait of [`restart_world`] for the restarted threads to run.
 const RESTART_LEND_NS: u64 = 2_000_000;
+
+/// Waits until no thread is left in the stop handler (`PARKED` is 0) or
+/// `max_ns` have passed, checking again every `recheck_ns`.
+fn wait_unparked(max_ns: u64, recheck_ns: u64) {
+    let t0 = os::now_ns();
+    loop {
+        let p = PARKED.load(Acquire);
+        if p == 0 || os::now_ns() - t0 > max_ns {
+            break;
+        }
+        futex::wait(&PARKED, p, Some(recheck_ns));
+    }
+}
 
 /// The stack pointers recorded by the stopped threads (0 for threads that
 /// exited before answering).
