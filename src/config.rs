@@ -18,6 +18,10 @@ pub static DECAY_MS: AtomicU64 = AtomicU64::new(1000);
 /// `MAGPIE_RETAIN`: free resident bytes kept at most before returning at once
 /// (the page heap keeps up to twice the bytes in use when that is more).
 pub static RETAIN: AtomicUsize = AtomicUsize::new(64 << 20);
+/// `MAGPIE_DEBUG_SLOW_GROWTH=1` (test hook): every new small span takes
+/// 300 µs longer to make, which widens any window in which a fresh span is
+/// on no list (the fork tests use it).
+pub static DEBUG_SLOW_GROWTH: AtomicBool = AtomicBool::new(false);
 /// `MAGPIE_RESERVE`: address space reserved for the heap (tried first, halved on refusal).
 pub static RESERVE: AtomicUsize = AtomicUsize::new(1 << 40);
 
@@ -39,6 +43,7 @@ pub fn load() {
         env::get_u64("MAGPIE_RESERVE", 1 << 40, 1 << 30, 1 << 46) as usize,
         Relaxed,
     );
+    DEBUG_SLOW_GROWTH.store(env::get_bool("MAGPIE_DEBUG_SLOW_GROWTH", false), Relaxed);
     if env::get_bool("MAGPIE_DEBUG_REMOTE_ALL", false) {
         crate::alloc::central::REMOTE_HDR_LIMIT.store(usize::MAX, Relaxed);
     }

@@ -207,6 +207,10 @@ fn new_span(sc: usize) -> *mut Span {
         s.init_small(class, noscan_of_sc(sc), sc == TINY_SC, sc as u8)
     });
     if !s.is_null() {
+        if crate::config::DEBUG_SLOW_GROWTH.load(Relaxed) {
+            // SAFETY: a plain sleep (test hook).
+            unsafe { libc::usleep(300) };
+        }
         SPANS_CREATED.fetch_add(1, Relaxed);
     }
     s
@@ -367,18 +371,20 @@ pub fn refill(sc: usize, out: &mut [Entry], owner: u8) -> usize {
     while n < out.len() {
         let s = g.inner.partial.head;
         if s.is_null() {
-            drop(g);
             if crate::gc::sweep_pending() {
+                drop(g);
                 // Sweeping may free a span of this class or pages for a new one.
                 crate::gc::reclaim(sizeclass::pages_of_class(class_of_sc(sc)), sc);
                 g = lock(sc);
                 if !g.inner.partial.head.is_null() {
                     continue;
                 }
-                drop(g);
             }
+            // Grown under the class lock (the heap lock comes after it in
+            // lock order): the fresh span is on the partial list before the
+            // fork handlers can take this lock, so a forked child never
+            // inherits a span on no list, lost with the thread that made it.
             let s = new_span(sc);
-            g = lock(sc);
             if s.is_null() {
                 break;
             }
