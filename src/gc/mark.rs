@@ -104,6 +104,12 @@ pub struct Marker {
     /// Marking in a team (`parallel`): mark bits are set atomically and work
     /// is given to idle markers.
     shared: bool,
+    /// Leading a quiet round (a concurrent mark), where helpers join only
+    /// when invited: the marker sets mark bits plainly until a helper asks
+    /// for work, and becomes `shared` before it gives any away (a helper
+    /// marks nothing without work from the pool, so no plain
+    /// read-modify-write of a mark word can race with its atomic one).
+    may_share: bool,
     /// Objects scanned since the last check for idle markers.
     since_share_check: u32,
 }
@@ -231,6 +237,7 @@ impl Marker {
             pipe_b: Ring::new((0, core::ptr::null())),
             pipe_c: Ring::new((0, core::ptr::null())),
             shared: false,
+            may_share: false,
             since_share_check: 0,
         })
     }
@@ -249,6 +256,14 @@ impl Marker {
     /// Marks as one of a team (atomic mark bits, work given away) or alone.
     pub fn set_shared(&mut self, shared: bool) {
         self.shared = shared;
+        self.may_share = false;
+    }
+
+    /// Leads a quiet round: alone until a helper asks for work (see
+    /// `may_share`).
+    pub fn set_may_share(&mut self) {
+        self.shared = false;
+        self.may_share = true;
     }
 
     /// Drains the stack and the pipeline (no overflow recovery: a team's
@@ -702,11 +717,15 @@ impl Marker {
                 len = SCAN_CHUNK;
             }
             self.scan_entry(lo, len);
-            if self.shared {
+            if self.shared || self.may_share {
                 self.since_share_check += 1;
                 if self.since_share_check >= 32 {
                     self.since_share_check = 0;
                     if self.depth() >= 2 && super::parallel::wants_work() {
+                        // Atomic marks from now on; the donation (under the
+                        // pool's lock) publishes the switch to the helper
+                        // that takes it.
+                        self.shared = true;
                         super::parallel::donate(self);
                     }
                 }

@@ -10,7 +10,9 @@
 //! the pool whenever some marker is idle (the bottom holds the oldest
 //! entries, the roots of the biggest unexplored subgraphs); an idle marker
 //! takes half the pool. Mark bits are set with an atomic `fetch_or` while a
-//! team runs, so two markers never both scan one object.
+//! team runs, so two markers never both scan one object (in a quiet round,
+//! below, from the leader's first donation on: until a helper has work the
+//! leader marks alone, with plain stores).
 //!
 //! Termination: the pool counts the markers holding work (`active`). A
 //! marker whose stack runs dry takes from the pool or, if it is empty,
@@ -284,13 +286,17 @@ impl Team {
     /// A round for a concurrent mark: helpers join only when a waiting
     /// thread lends its CPU ([`lend_cpu`]).
     pub fn begin_quiet(m: &mut Marker) -> Team {
-        if WAKE_IN_QUIET.load(Relaxed) {
-            return Self::begin(m);
-        }
         let t = Self::open(m);
         if let Some(round) = t.round {
+            // Alone until an invited helper asks for work.
+            m.set_may_share();
             INVITED.store(false, Relaxed);
             QUIET_ROUND.store(round, Release);
+            if WAKE_IN_QUIET.load(Relaxed) {
+                // Every helper at once, as if invited.
+                ROUND.store(round, Release);
+                futex::wake(&ROUND, i32::MAX);
+            }
         }
         t
     }
