@@ -173,11 +173,13 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: 
             // up to the (rarely taken) exit: a program freeing objects of
             // random sizes on both sides of the limit mispredicted a branch
             // on the class a third of the time (glibc-simple ran 1.3x
-            // longer).
+            // longer). Compares the CPU's low byte (the owner itself for a
+            // class not routed) with the owner, in a scratch register: a
+            // restart must find the inputs as they were.
+            "mov {t:e}, {c:e}",
             "cmp {hoff}, qword ptr [rip + {lim}]",
-            "sbb {t:e}, {t:e}",
-            "xor {own}, {c:l}",
-            "and {own}, {t:l}",
+            "cmovae {t:e}, {own:e}",
+            "cmp {t:l}, {own:l}",
             "jne 7f",
             rseq_cpu_cache!(),
             // current == end: full (16-bit words, as in pop).
@@ -201,7 +203,7 @@ pub unsafe fn push(off: isize, hdr_off: usize, ptr: usize, state: usize, owner: 
             hoff = in(reg) hdr_off,
             ptr = in(reg) ptr,
             st = in(reg) state,
-            own = inout(reg_byte) owner => _,
+            own = in(reg) owner as u32,
             lim = sym super::central::REMOTE_HDR_LIMIT,
             shift = const SHIFT,
             ent_p = const ENTRIES_OFF,
