@@ -224,6 +224,22 @@ fn fork_while_threads_allocate() {
     );
 }
 
+/// Runs this binary again as a child (`MAGPIE_FORK_CHILD=1`) with `env` and
+/// test arguments `args`, and checks that its tests passed (`expect` is in
+/// its summary line).
+fn rerun_passes(env: (&str, &str), args: &[&str], expect: &str) {
+    let (out, timed_out) = common::reexec_timeout(&[env, ("MAGPIE_FORK_CHILD", "1")], args, 300);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !timed_out && out.status.success() && stdout.contains(expect),
+        "{}={} run failed (timed out: {timed_out}, {:?}):\n{stdout}\n{}",
+        env.0,
+        env.1,
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// This binary again with the locked (non-rseq) caches.
 #[test]
 fn zz_fork_with_rseq_off() {
@@ -233,17 +249,10 @@ fn zz_fork_with_rseq_off() {
         assert_eq!(magpie::stats().cache_mode, "locked");
         return;
     }
-    let (out, timed_out) = common::reexec_timeout(
-        &[("MAGPIE_RSEQ", "0"), ("MAGPIE_FORK_CHILD", "1")],
+    rerun_passes(
+        ("MAGPIE_RSEQ", "0"),
         &["--test-threads=1"],
-        300,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !timed_out && out.status.success() && stdout.contains("test result: ok."),
-        "MAGPIE_RSEQ=0 run failed (timed out: {timed_out}, {:?}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        "test result: ok.",
     );
 }
 
@@ -258,19 +267,9 @@ fn zz_fork_while_spans_grow_slowly() {
     if std::env::var_os("MAGPIE_FORK_CHILD").is_some() {
         return;
     }
-    let (out, timed_out) = common::reexec_timeout(
-        &[
-            ("MAGPIE_DEBUG_SLOW_GROWTH", "1"),
-            ("MAGPIE_FORK_CHILD", "1"),
-        ],
+    rerun_passes(
+        ("MAGPIE_DEBUG_SLOW_GROWTH", "1"),
         &["--test-threads=1", "--exact", "fork_while_threads_allocate"],
-        300,
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !timed_out && out.status.success() && stdout.contains("test result: ok. 1 passed"),
-        "MAGPIE_DEBUG_SLOW_GROWTH=1 run failed (timed out: {timed_out}, {:?}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        "test result: ok. 1 passed",
     );
 }
