@@ -281,9 +281,7 @@ fn wait_for_cycle() {
     );
 }
 
-/// Waits on `word` (woken when it changes, checking again every
-/// `recheck_ns`) until `done` holds for its value or `max_ns` of its value
-/// have passed; the time counts as throttled.
+/// [`futex::wait_until`], the time counted as throttled.
 fn bounded_wait(
     word: &AtomicU32,
     recheck_ns: u64,
@@ -291,15 +289,7 @@ fn bounded_wait(
     done: impl Fn(u32) -> bool,
 ) {
     let t0 = crate::sys::os::now_ns();
-    loop {
-        let v = word.load(Acquire);
-        let waited = crate::sys::os::now_ns() - t0;
-        let max = max_ns(v);
-        if done(v) || waited >= max {
-            break;
-        }
-        futex::wait(word, v, Some((max - waited).min(recheck_ns)));
-    }
+    futex::wait_until(word, recheck_ns, max_ns, done);
     C.throttled_ns
         .fetch_add(crate::sys::os::now_ns() - t0, Relaxed);
 }

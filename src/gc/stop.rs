@@ -495,14 +495,7 @@ const RESTART_LEND_NS: u64 = 2_000_000;
 /// Waits until no thread is left in the stop handler (`PARKED` is 0) or
 /// `max_ns` have passed, checking again every `recheck_ns`.
 fn wait_unparked(max_ns: u64, recheck_ns: u64) {
-    let t0 = os::now_ns();
-    loop {
-        let p = PARKED.load(Acquire);
-        if p == 0 || os::now_ns() - t0 > max_ns {
-            break;
-        }
-        futex::wait(&PARKED, p, Some(recheck_ns));
-    }
+    futex::wait_until(&PARKED, recheck_ns, |_| max_ns, |p| p == 0);
 }
 
 /// The stack pointers recorded by the stopped threads (0 for threads that

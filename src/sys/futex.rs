@@ -27,6 +27,27 @@ pub fn wait(word: &AtomicU32, expected: u32, timeout_ns: Option<u64>) {
     }
 }
 
+/// Sleeps on `word` (woken when it changes, checking again every
+/// `recheck_ns`) until `done` holds for its value or `max_ns` of that value
+/// have passed since the call.
+pub fn wait_until(
+    word: &AtomicU32,
+    recheck_ns: u64,
+    max_ns: impl Fn(u32) -> u64,
+    done: impl Fn(u32) -> bool,
+) {
+    let t0 = crate::sys::os::now_ns();
+    loop {
+        let v = word.load(core::sync::atomic::Ordering::Acquire);
+        let waited = crate::sys::os::now_ns() - t0;
+        let max = max_ns(v);
+        if done(v) || waited >= max {
+            return;
+        }
+        wait(word, v, Some((max - waited).min(recheck_ns)));
+    }
+}
+
 /// Wakes up to `n` waiters on `word`.
 pub fn wake(word: &AtomicU32, n: i32) {
     // SAFETY: FUTEX_WAKE on a valid address has no other effect.
