@@ -89,11 +89,25 @@ pub(super) fn run(my_sp: usize) -> bool {
     } else {
         stop_the_world(my_sp)
     };
+    trim_scratch();
     let Some(marked) = marked else {
         return false;
     };
     finish(heap_before, marked, reclaimed_before);
     true
+}
+
+/// Returns the collector's scratch memory (mark stacks, the team's pool, the
+/// written-run buffer) to the OS after a cycle, so that a program's RSS
+/// between cycles carries only its own high-water mark. Cycle lock held.
+fn trim_scratch() {
+    // SAFETY: the cycle lock is held and the cycle is over: no marker runs,
+    // the run buffer is unused until the next termination.
+    unsafe {
+        mark::trim_stacks();
+        os::trim(RUN_MEM.load(Relaxed) as *mut u8, RUNS * 16, 0);
+    }
+    parallel::trim_pool();
 }
 
 /// The whole mark with the world stopped. Returns the bytes marked, or None

@@ -183,6 +183,31 @@ pub(super) fn mark_stack(i: usize) -> *mut Entry {
     base
 }
 
+/// What a mark stack keeps resident between cycles; pages above are returned.
+const STACK_KEEP: usize = 64 << 10;
+
+/// Returns the mark stacks' pages above [`STACK_KEEP`] to the OS, after a
+/// cycle: a mark that went deep (a big array of pointers pushes an entry per
+/// element) would otherwise hold its high-water mark resident for good. A
+/// deep mark pays the page faults again next cycle, on the collector's side.
+///
+/// # Safety
+/// No marker may run: between cycles, the cycle lock held.
+pub(super) unsafe fn trim_stacks() {
+    for s in &STACKS {
+        let base = s.load(Relaxed) as *mut u8;
+        // SAFETY: between cycles no marker holds entries (a helper touches
+        // its stack only with work taken from a round's pool).
+        unsafe {
+            os::trim(
+                base,
+                STACK_ENTRIES * core::mem::size_of::<Entry>(),
+                STACK_KEEP,
+            )
+        };
+    }
+}
+
 impl Marker {
     /// The collector's marker. None if its stack cannot be mapped.
     pub fn new() -> Option<Marker> {

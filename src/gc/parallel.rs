@@ -392,6 +392,15 @@ pub fn donate(m: &mut Marker) {
     }
 }
 
+/// Returns the pool's pages to the OS between cycles (see
+/// `mark::trim_stacks`): it is empty then.
+pub(super) fn trim_pool() {
+    let p = POOL.lock();
+    debug_assert_eq!(p.len, 0);
+    // SAFETY: the pool is empty and only used under its lock, held here.
+    unsafe { os::trim(p.buf.cast(), POOL_CAP * core::mem::size_of::<Entry>(), 0) };
+}
+
 /// Wakes idle markers that went to sleep (the pool or `active` changed).
 fn notify() {
     SIGNAL.fetch_add(1, SeqCst);

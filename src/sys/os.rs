@@ -47,6 +47,19 @@ pub unsafe fn decommit(p: *mut u8, size: usize) {
     }
 }
 
+/// Returns the pages of `[p + keep, p + size)` to the OS (scratch memory
+/// that grew for one task and holds nothing now): the mapping stays, and
+/// reads zeros until written again.
+///
+/// # Safety
+/// Nothing in the range may be live or written concurrently.
+pub unsafe fn trim(p: *mut u8, size: usize, keep: usize) {
+    if !p.is_null() && keep < size {
+        // SAFETY: as the caller guarantees.
+        unsafe { decommit(p.add(keep), size - keep) };
+    }
+}
+
 /// Maps `size` bytes of zeroed, readable, writable memory for metadata.
 /// Returns null on failure.
 pub fn map_rw(size: usize) -> *mut u8 {
