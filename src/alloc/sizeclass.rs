@@ -273,6 +273,22 @@ mod tests {
     }
 
     #[test]
+    fn classes_up_to_1k_take_wider_spans() {
+        for c in 1..NUM_CLASSES {
+            let (size, pages) = (size_of_class(c), pages_of_class(c));
+            if size > 1024 {
+                continue;
+            }
+            assert_eq!(pages, SMALL_SPAN_PAGES, "class {c} ({size} B)");
+            // What a span costs whatever its slots (the 128-byte record, the
+            // block's 16-byte remote header and up to 64 bytes of rounding)
+            // is under 1 % of it (3 % on one page).
+            assert!((128 + 16 + 64) * 100 <= pages * PAGE_SIZE, "class {c}");
+        }
+        assert_eq!(objects_of_class(1), MAX_OBJECTS);
+    }
+
+    #[test]
     fn lookup_is_smallest_fit() {
         for s in 1..=MAX_SMALL {
             let c = class_of(s);
