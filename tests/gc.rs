@@ -715,3 +715,59 @@ scenario!(
         );
     }
 );
+
+/// A node of a random graph: four edges, so a depth-first mark keeps a
+/// good part of the graph on its stack.
+struct Fan {
+    edges: [Option<Gc<Fan>>; 4],
+}
+
+// A mark of a wide random graph grows the mark stack to megabytes; those
+// pages go back to the OS when the cycle ends (64 KiB stay), so a program's
+// RSS between cycles does not carry the collector's high-water mark.
+scenario!(
+    deep_mark_stack_is_released_after_the_cycle,
+    &[("MAGPIE_CONCURRENT", "0"), ("MAGPIE_MARKERS", "1")],
+    {
+        const N: usize = 1_000_000;
+        // Edges are filled in after all nodes exist (Gc is Copy, so each
+        // node's edges are written through a raw pointer, before any cycle).
+        let nodes: Vec<Gc<Fan>> = (0..N).map(|_| Gc::new(Fan { edges: [None; 4] })).collect();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for n in &nodes {
+            let p = &**n as *const Fan as *mut Fan;
+            for e in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // SAFETY: the node is alive (held by `nodes`) and no one else
+                // reads it yet.
+                unsafe { (*p).edges[e] = Some(nodes[(x % N as u64) as usize]) };
+            }
+        }
+        // Only node 0 is held from here on: the mark walks the graph from it.
+        let root = nodes[0];
+        drop(nodes);
+        let before = common::rss_bytes();
+        assert!(magpie::collect());
+        let after = common::rss_bytes();
+        let peak_entries = magpie::stats().gc.mark_stack_peak as usize;
+        let peak_bytes = peak_entries * 16;
+        println!(
+            "mark stack peak {peak_entries} entries ({} KiB); RSS {} -> {} KiB",
+            peak_bytes >> 10,
+            before >> 10,
+            after >> 10
+        );
+        assert!(
+            peak_bytes >= 4 << 20,
+            "the graph did not make a deep mark ({peak_entries} entries)"
+        );
+        // Without the release the stack's pages would count here.
+        assert!(
+            after < before + peak_bytes / 4,
+            "mark stack stayed resident: RSS {before} -> {after}"
+        );
+        std::hint::black_box(root.edges[0]);
+    }
+);
