@@ -719,7 +719,7 @@ scenario!(
 /// A node of a random graph: four edges, so a depth-first mark keeps a
 /// good part of the graph on its stack.
 struct Fan {
-    edges: [Option<Gc<Fan>>; 4],
+    edges: [std::cell::Cell<Option<Gc<Fan>>>; 4],
 }
 
 // A mark of a wide random graph grows the mark stack to megabytes; those
@@ -730,19 +730,21 @@ scenario!(
     &[("MAGPIE_CONCURRENT", "0"), ("MAGPIE_MARKERS", "1")],
     {
         const N: usize = 1_000_000;
-        // Edges are filled in after all nodes exist (Gc is Copy, so each
-        // node's edges are written through a raw pointer, before any cycle).
-        let nodes: Vec<Gc<Fan>> = (0..N).map(|_| Gc::new(Fan { edges: [None; 4] })).collect();
+        // Edges are filled in once all nodes exist.
+        let nodes: Vec<Gc<Fan>> = (0..N)
+            .map(|_| {
+                Gc::new(Fan {
+                    edges: Default::default(),
+                })
+            })
+            .collect();
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         for n in &nodes {
-            let p = &**n as *const Fan as *mut Fan;
-            for e in 0..4 {
+            for e in &n.edges {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                // SAFETY: the node is alive (held by `nodes`) and no one else
-                // reads it yet.
-                unsafe { (*p).edges[e] = Some(nodes[(x % N as u64) as usize]) };
+                e.set(Some(nodes[(x % N as u64) as usize]));
             }
         }
         // Only node 0 is held from here on: the mark walks the graph from it.
@@ -768,6 +770,6 @@ scenario!(
             after < before + peak_bytes / 4,
             "mark stack stayed resident: RSS {before} -> {after}"
         );
-        std::hint::black_box(root.edges[0]);
+        std::hint::black_box(root.edges[0].get());
     }
 );

@@ -282,7 +282,7 @@ mod tests {
             assert_eq!(pages, SMALL_SPAN_PAGES, "class {c} ({size} B)");
             // What a span costs whatever its slots (the 128-byte record, the
             // block's 16-byte remote header and up to 64 bytes of rounding)
-            // is under 1 % of it (3 % on one page).
+            // is under 1 % of it (2.5 % on one page).
             assert!((128 + 16 + 64) * 100 <= pages * PAGE_SIZE, "class {c}");
         }
         assert_eq!(objects_of_class(1), MAX_OBJECTS);
