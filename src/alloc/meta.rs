@@ -3,7 +3,7 @@
 //! heap, so the allocator and the collector never allocate from themselves and
 //! the collector never mistakes metadata for roots.
 //!
-//! Blocks up to 4 KiB are sized in steps of 64 bytes (a cache line), larger
+//! Blocks up to 16 KiB are sized in steps of 64 bytes (a cache line), larger
 //! ones in powers of two up to 64 KiB, each size with its own free list;
 //! memory is carved from 1 MiB chunks and never unmapped. Span records have
 //! a free list of their own ([`alloc_record`]), so metadata is type-stable: a
@@ -12,7 +12,11 @@
 //! Larger requests map directly.
 //!
 //! (Power-of-two sizes for everything wasted a third of this memory: the
-//! 160-byte span record took 256, a 16-byte class's 640-byte bitmaps 1024.)
+//! 160-byte span record took 256, a 16-byte class's 640-byte bitmaps 1024.
+//! With 4-page spans the 8-byte class's block is 5,136 bytes and the tiny
+//! class's 10,768: rounded to 8 and 16 KiB, and carved page-aligned, they
+//! doubled the metadata of a heap of 8-byte objects, hence 64-byte steps to
+//! 16 KiB and cache-line alignment throughout.)
 
 use core::ptr;
 use spin::Mutex;
@@ -22,7 +26,7 @@ use crate::sys::os;
 /// Sizes up to FINE_MAX go in steps of FINE_STEP; above, powers of two up
 /// to 1 << MAX_SHIFT.
 const FINE_STEP: usize = 64;
-const FINE_MAX: usize = 4096;
+const FINE_MAX: usize = 16 << 10;
 const FINE_BUCKETS: usize = FINE_MAX / FINE_STEP;
 const MAX_SHIFT: usize = 16;
 const NBUCKETS: usize = FINE_BUCKETS + (MAX_SHIFT - FINE_MAX.trailing_zeros() as usize);
@@ -61,8 +65,8 @@ fn bucket(size: usize) -> (usize, usize) {
     }
 }
 
-/// Allocates `size` bytes of zeroed metadata, 64-byte aligned (page-aligned
-/// from 4 KiB up). Returns null when the OS has no memory.
+/// Allocates `size` bytes of zeroed metadata, 64-byte aligned. Returns null
+/// when the OS has no memory.
 pub fn alloc(size: usize) -> *mut u8 {
     if size > 1 << MAX_SHIFT {
         let p = os::map_owned(size);
@@ -103,10 +107,9 @@ fn take(list: usize, bsize: usize) -> *mut u8 {
         }
         return head;
     }
-    // Blocks are carved in increasing addresses, aligned to a cache line (a
-    // page from 4 KiB up), so none straddles more lines than it must.
-    let align = if bsize >= 4096 { 4096 } else { FINE_STEP };
-    let mut cur = (m.chunk_cur as usize).next_multiple_of(align);
+    // Blocks are carved in increasing addresses, aligned to a cache line, so
+    // none straddles more lines than it must.
+    let mut cur = (m.chunk_cur as usize).next_multiple_of(FINE_STEP);
     if m.chunk_cur.is_null() || cur + bsize > m.chunk_end as usize {
         let c = os::map_owned(CHUNK);
         if c.is_null() {
@@ -190,5 +193,25 @@ mod tests {
         assert!(!big.is_null());
         // SAFETY: returning the direct mapping.
         unsafe { free(big, 1 << 20) };
+    }
+
+    #[test]
+    fn span_blocks_round_up_by_less_than_a_line() {
+        // The metadata blocks of 4-page spans: the 8-byte class (16-byte
+        // header, 64 words of free and mark bits, 4,096 state bytes) and the
+        // tiny class (2,048 slots, with 4-byte block states). A power-of-two
+        // bucket would take 8 and 16 KiB for them.
+        for size in [
+            16 + 64 * 16 + 4096,
+            16 + 32 * 16 + 2048 * 4 + 2048,
+            FINE_MAX,
+        ] {
+            let (_, b) = bucket(size);
+            assert!(b >= size && b - size < FINE_STEP, "{size} -> {b}");
+            let p = alloc(size);
+            assert_eq!(p as usize % FINE_STEP, 0);
+            // SAFETY: returning what we took.
+            unsafe { free(p, size) };
+        }
     }
 }
