@@ -825,6 +825,30 @@ pub fn verify_span(s: &Span) -> Result<(), crate::debug::VerifyError> {
     Ok(())
 }
 
+/// Returns to the OS the pages of partly used spans whose slots are all
+/// free (see `Span::release_free_pages`). Returns the bytes released.
+///
+/// # Safety
+/// No mark may be running or start meanwhile (the caller runs inside
+/// `gc::without_cycles`).
+pub unsafe fn release_free_pages() -> usize {
+    let mut released = 0;
+    for sc in 0..NUM_SPANCLASSES {
+        let g = lock(sc);
+        let mut s = g.inner.partial.head;
+        while !s.is_null() {
+            // SAFETY: list links and records are valid under the lock, which
+            // the release needs; the caller excludes marking.
+            unsafe {
+                released += (*s).release_free_pages();
+                s = (*s).next;
+            }
+        }
+    }
+    super::heap::SCAVENGED_BYTES.fetch_add(released as u64, Relaxed);
+    released
+}
+
 /// Spans in use per span class (statistics).
 pub fn spans_in_use(sc: usize) -> usize {
     lock(sc).inner.nspans

@@ -596,13 +596,25 @@ pub fn realloc_with(
     q
 }
 
-/// Returns cached and free memory to the OS where possible. Returns bytes released.
+/// Returns cached and free memory to the OS where possible: per-CPU caches
+/// and transfer batches go back to their spans, the free pages of partly
+/// used spans and every free span of the page heap to the OS (glibc's
+/// malloc_trim likewise releases the free pages inside its arenas). Returns
+/// bytes released.
 pub fn trim() -> usize {
     if !is_ready() {
         return 0;
     }
-    let _g = guard::enter();
-    cache::drain_all_cpus();
-    central::flush_transfer();
-    heap::release_all()
+    // No mark may run while pages are dropped (see release_free_pages). The
+    // cycle lock is taken before entering the allocator: the collector stops
+    // the world while holding it, and a thread inside the allocator would
+    // make it wait.
+    crate::gc::without_cycles(|| {
+        let _g = guard::enter();
+        cache::drain_all_cpus();
+        central::flush_transfer();
+        // SAFETY: no cycle runs inside without_cycles.
+        let partial = unsafe { central::release_free_pages() };
+        partial + heap::release_all()
+    })
 }
