@@ -40,7 +40,9 @@ pub fn collect() -> bool {
     gc::collect_now()
 }
 
-/// Returns free memory (empty spans, free pages) to the OS. Returns bytes released.
+/// Returns free memory to the OS: the per-CPU caches' slots go back to their
+/// spans, then empty spans and the all-free pages of partly used spans are
+/// released. Waits for a collection cycle in progress. Returns bytes released.
 pub fn trim() -> usize {
     alloc::trim()
 }
