@@ -42,7 +42,8 @@ pub fn collect() -> bool {
 
 /// Returns free memory to the OS: the per-CPU caches' slots go back to their
 /// spans, then empty spans and the all-free pages of partly used spans are
-/// released. Waits for a collection cycle in progress. Returns bytes released.
+/// released (the latter after waiting up to a second for a collection cycle
+/// in progress; skipped if it runs longer). Returns bytes released.
 pub fn trim() -> usize {
     alloc::trim()
 }

@@ -829,8 +829,8 @@ pub fn verify_span(s: &Span) -> Result<(), crate::debug::VerifyError> {
 /// free (see `Span::release_free_pages`). Returns the bytes released.
 ///
 /// # Safety
-/// No mark may be running or start meanwhile (the caller runs inside
-/// `gc::without_cycles`).
+/// No mark may be running or start meanwhile (the caller holds the cycle
+/// lock: `gc::when_no_cycle`).
 pub unsafe fn release_free_pages() -> usize {
     let mut released = 0;
     for sc in 0..NUM_SPANCLASSES {

@@ -597,24 +597,29 @@ pub fn realloc_with(
 }
 
 /// Returns cached and free memory to the OS where possible: per-CPU caches
-/// and transfer batches go back to their spans, the free pages of partly
-/// used spans and every free span of the page heap to the OS (glibc's
-/// malloc_trim likewise releases the free pages inside its arenas). Returns
-/// bytes released.
+/// and transfer batches go back to their spans; every free span of the page
+/// heap and the free pages of partly used spans (unless a collection cycle
+/// runs on for a second) go to the OS (glibc's malloc_trim likewise releases
+/// the free pages inside its arenas). Returns bytes released.
 pub fn trim() -> usize {
     if !is_ready() {
         return 0;
     }
-    // No mark may run while pages are dropped (see release_free_pages). The
-    // cycle lock is taken before entering the allocator: the collector stops
-    // the world while holding it, and a thread inside the allocator would
-    // make it wait.
-    crate::gc::without_cycles(|| {
+    let released = {
         let _g = guard::enter();
         cache::drain_all_cpus();
         central::flush_transfer();
-        // SAFETY: no cycle runs inside without_cycles.
-        let partial = unsafe { central::release_free_pages() };
-        partial + heap::release_all()
-    })
+        heap::release_all()
+    };
+    // No mark may run while pages of partly used spans are dropped (see
+    // release_free_pages): wait (a second at most) for a cycle in progress.
+    // The cycle lock is taken outside the allocator: the collector stops the
+    // world while holding it, and a thread inside the allocator would make
+    // it wait.
+    let partial = crate::gc::when_no_cycle(1_000_000_000, || {
+        let _g = guard::enter();
+        // SAFETY: no cycle runs inside when_no_cycle.
+        unsafe { central::release_free_pages() }
+    });
+    released + partial.unwrap_or(0)
 }

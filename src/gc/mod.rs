@@ -997,6 +997,23 @@ pub fn without_cycles<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// [`without_cycles`], waiting at most `max_ns` for a cycle in progress to
+/// end (asleep, not spinning: a concurrent mark can last seconds); None,
+/// and `f` not run, if it did not.
+pub fn when_no_cycle<R>(max_ns: u64, f: impl FnOnce() -> R) -> Option<R> {
+    let t0 = crate::sys::os::now_ns();
+    loop {
+        if let Some(_cycle) = CYCLE.try_lock() {
+            return Some(f());
+        }
+        if crate::sys::os::now_ns() - t0 >= max_ns {
+            return None;
+        }
+        let seen = MARKS_ENDED.load(Acquire);
+        futex::wait(&MARKS_ENDED, seen, Some(1_000_000));
+    }
+}
+
 /// Fork does not wait for a cycle in progress: a concurrent mark can last
 /// long, and programs fork with every signal blocked (git does), which a
 /// stop would wait for in vain. Only the dirty-page tracker's lock is taken;
