@@ -403,26 +403,33 @@ impl Span {
         let size = self.elemsize as usize;
         let end = self.base + self.nelems as usize * size;
         let mut released = 0;
-        let mut run = 0; // start of the current run of free pages, or 0
+        let mut release = |from: usize, to: usize| {
+            // SAFETY: every slot overlapping [from, to) is free: nothing live
+            // is there, and no slot can be handed out while the caller holds
+            // the class lock. `to` is at most the span's end (pages are 4 KiB
+            // steps from its 8 KiB-aligned base).
+            unsafe { crate::sys::os::decommit(from as *mut u8, to - from) };
+            released += to - from;
+        };
+        // The start of the current run of all-free pages.
+        let mut run = None;
         let mut page = self.base;
         while page < end {
             let first = (page - self.base) / size;
             let last = ((page + OS_PAGE).min(end) - 1 - self.base) / size;
             let free = (first..=last).all(|i| self.is_slot_free_in_span(i));
-            let next = page + OS_PAGE;
-            if free && run == 0 {
-                run = page;
+            match (free, run) {
+                (true, None) => run = Some(page),
+                (false, Some(from)) => {
+                    release(from, page);
+                    run = None;
+                }
+                _ => {}
             }
-            if run != 0 && (!free || next >= end) {
-                let stop = if free { next.min(self.end()) } else { page };
-                // SAFETY: every slot overlapping [run, stop) is free: nothing
-                // live is there, and no slot can be handed out while the
-                // caller holds the class lock.
-                unsafe { crate::sys::os::decommit(run as *mut u8, stop - run) };
-                released += stop - run;
-                run = 0;
-            }
-            page = next;
+            page += OS_PAGE;
+        }
+        if let Some(from) = run {
+            release(from, page);
         }
         released
     }

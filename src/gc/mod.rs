@@ -1001,17 +1001,20 @@ pub fn without_cycles<R>(f: impl FnOnce() -> R) -> R {
 /// end (asleep, not spinning: a concurrent mark can last seconds); None,
 /// and `f` not run, if it did not.
 pub fn when_no_cycle<R>(max_ns: u64, f: impl FnOnce() -> R) -> Option<R> {
-    let t0 = crate::sys::os::now_ns();
-    loop {
-        if let Some(_cycle) = CYCLE.try_lock() {
-            return Some(f());
-        }
-        if crate::sys::os::now_ns() - t0 >= max_ns {
-            return None;
-        }
-        let seen = MARKS_ENDED.load(Acquire);
-        futex::wait(&MARKS_ENDED, seen, Some(1_000_000));
-    }
+    let cycle = core::cell::Cell::new(None);
+    futex::wait_until(
+        &MARKS_ENDED,
+        1_000_000,
+        |_| max_ns,
+        |_| {
+            let guard = CYCLE.try_lock();
+            let held = guard.is_some();
+            cycle.set(guard);
+            held
+        },
+    );
+    let _cycle = cycle.into_inner()?;
+    Some(f())
 }
 
 /// Fork does not wait for a cycle in progress: a concurrent mark can last
