@@ -168,13 +168,14 @@ fn run_scenario(secs: u64, mover: impl Fn(u64) + Send + Sync) {
     let g = magpie::stats().gc;
     let cycles = g.cycles - cycles0;
     println!(
-        "rounds {round}, moves {}, cycles {cycles}, concurrent {}, source {}, absent pages not read {}, throttled rounds {}, hard throttles {}, helpers marked {}",
+        "rounds {round}, moves {}, cycles {cycles}, concurrent {}, source {}, absent pages not read {}, throttled rounds {}, hard throttles {}, sweep-termination stops {}, helpers marked {}",
         MOVES.load(Relaxed),
         g.last_cycle_concurrent,
         g.dirty_source,
         g.absent_pages_skipped,
         g.throttled_rounds,
         g.hard_throttles,
+        g.sweep_termination.count,
         g.helper_marked_objects
     );
     assert!(cycles >= 100, "only {cycles} cycles ran");
@@ -462,6 +463,11 @@ fn run(test: &str, scenario: &str, env: &[(&str, &str)]) {
             stdout.contains("concurrent true"),
             "{test}: cycles were not concurrent:\n{stdout}"
         );
+        // A concurrent mark starts without stopping the world (`gc::cycle`).
+        assert!(
+            stdout.contains("sweep-termination stops 0,"),
+            "{test}: a sweep termination stopped the world:\n{stdout}"
+        );
     } else {
         assert!(
             stdout.contains("concurrent false"),
@@ -505,6 +511,13 @@ scenarios! {
     parallel_rescan_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_MARKERS", "4"), ("MAGPIE_DEBUG_MARK_STACK", "8")];
     parallel_rescan_move_through_a_pipe: "through_a_pipe", &[("MAGPIE_MARKERS", "4"), ("MAGPIE_DEBUG_MARK_STACK", "8")];
     parallel_stop_the_world_move_between_threads: "queue_between_threads", &[("MAGPIE_MARKERS", "4"), ("MAGPIE_CONCURRENT", "0")];
+    // Program threads sweeping for the allocator pause 500 µs between
+    // claiming a span and sweeping it, so a sweep of the last pass is often
+    // still running when the next mark starts (without a stop since session
+    // 11): the mark must wait for it, or the sweep clears its marks.
+    late_sweeps_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_DEBUG_SLOW_SWEEP", "1")];
+    late_sweeps_move_into_fresh_objects: "into_fresh_object", &[("MAGPIE_DEBUG_SLOW_SWEEP", "1")];
+    late_sweeps_move_between_threads: "queue_between_threads", &[("MAGPIE_DEBUG_SLOW_SWEEP", "1")];
     // Helpers mark beside the program's threads in every concurrent mark (as
     // they do when a throttled thread lends its CPU).
     helpers_marking_concurrently_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_MARKERS", "3"), ("MAGPIE_DEBUG_MARK_CONCURRENTLY", "1")];

@@ -854,6 +854,16 @@ pub fn spans_in_use(sc: usize) -> usize {
     lock(sc).inner.nspans
 }
 
+/// Takes and drops every class lock in turn: whatever a thread decided
+/// under one of them before the call (to release an all-free span, say) is
+/// done when it returns, and anything decided under them later sees what
+/// the caller stored before it (the collector's phase, see `gc::cycle`).
+pub fn lock_barrier() {
+    for sc in 0..NUM_SPANCLASSES {
+        drop(lock(sc));
+    }
+}
+
 pub fn lock_for_fork() {
     for c in CENTRAL.iter() {
         core::mem::forget(c.lock.lock());

@@ -915,6 +915,12 @@ pub fn verify(
     result
 }
 
+/// Takes and drops the heap lock: as `central::lock_barrier`, for what is
+/// decided under it (large spans freed while the collector marks).
+pub fn lock_barrier() {
+    drop(HEAP.lock());
+}
+
 pub fn lock_for_fork() {
     core::mem::forget(HEAP.lock());
 }

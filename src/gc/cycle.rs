@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! stop-the-world:  sweep ─ [stop: roots, mark, terminate] ─ sweep
-//! concurrent:      sweep, protect heap ─ [stop: Mark, black, grey tiny] ─
+//! concurrent:      sweep, protect heap, Mark, black, grey tiny (no stop) ─
 //!                  mark roots + heap while the program runs ─
 //!                  [stop: stacks, roots, written pages, drain, terminate]
 //!                  (or, if the written pages would blow the pause budget:
@@ -37,6 +37,29 @@
 //! 5. **Concurrent root reads cannot fault.** Root mappings may be unmapped by
 //!    the program while the marker reads them: they are copied with
 //!    `process_vm_readv`. Heap memory is never unmapped.
+//!
+//! **Sweep termination does not stop the world** (Go's and, before session
+//! 11, magpie's did). A stop there bought nothing the invariants need, and it
+//! was the pause that went long: it came after the collector's CPU-bound
+//! sweep and protection, when some program thread was runnable but not
+//! running, and every multi-millisecond stop traced at 1 GiB (2.4–5.6 ms,
+//! against 0.1–0.3 ms usually) waited for such a thread. Instead:
+//! - A thread that allocates with the old tag after the switch makes an
+//!    ordinary white object: reachable, it is found by termination's rescans
+//!    like any other (invariant 3); allocating black is an economy, not a
+//!    condition of correctness.
+//! - Invariant 4 holds from the first record the marker reads: spans are
+//!    released only after a check of the phase under their class lock
+//!    (small) or the heap lock (large), and the switch takes and drops every
+//!    one of those locks after storing the phase (`central::lock_barrier`,
+//!    `heap::lock_barrier`), so a release decided under the old phase is
+//!    over before marking starts.
+//! - No sweep of the finished pass is running (`gc::wait_for_sweeps`): one
+//!    that finished during the mark would clear its marks.
+//! - The tiny blocks are greyed from a racy read of each CPU's tiny word (a
+//!    block replaced meanwhile is retained for a cycle at most), and the
+//!    concurrent pass scans each stack from where its thread stood at the
+//!    last stop (a head start; termination rescans from where it stands).
 //!
 //! The pause budget (`MAGPIE_PAUSE_TARGET_US`, default 500): when the written
 //! pages found at a termination attempt would take the pause past it, the
@@ -164,42 +187,36 @@ fn stop_the_world(my_sp: usize) -> Option<u64> {
 /// The concurrent mark (the heap was just protected). Returns the bytes
 /// marked, or None if the cycle was abandoned.
 fn concurrent(my_sp: usize) -> Option<u64> {
-    // Sweep termination: Mark phase, allocate black, grey the tiny blocks.
+    // Sweep termination, with the world running (see the module docs).
     let t0 = os::now_ns();
-    if !stop_or_abandon() {
-        return None;
-    }
-    let t_stopped = os::now_ns();
+    super::wait_for_sweeps();
     let gen = SWEEPGEN.load(Relaxed);
-    PHASE.store(Phase::Mark as u8, Release);
-    ALLOC_TAG.store(span::alloc_byte(gen + 1), Release);
+    PHASE.store(Phase::Mark as u8, SeqCst);
+    ALLOC_TAG.store(span::alloc_byte(gen + 1), SeqCst);
+    // Every span release decided under the old phase is over once each lock
+    // it is decided under has been taken after the store; later ones see Mark.
+    central::lock_barrier();
+    heap::lock_barrier();
+    let t_flip = os::now_ns();
     let Some(mut m) = mark::Marker::new() else {
-        abandon(gen, true);
+        abandon(gen, false);
         return None;
     };
     m.set_black_gen(gen + 1);
-    let t_marker = os::now_ns();
-    // SAFETY: the world is stopped.
+    // SAFETY: reads each CPU's tiny word (an atomic); a block retired or
+    // replaced meanwhile is greyed for nothing (conservatively retained).
     unsafe { cache::for_each_tiny_block(|b| m.mark_word(b)) };
-    let t_tiny = os::now_ns();
-    // The stack pointers now: the concurrent pass scans stacks from there
-    // (a head start; termination rescans them from where they are then).
+    // No thread is stopped now: each stack is scanned from where its thread
+    // stood at the last stop (the last cycle's termination), a head start
+    // only: termination rescans every stack from its current stack pointer.
+    // Frames popped since are retained from conservatively for one cycle;
+    // threads started since wait for termination.
     let sps = StackPointers::new(my_sp);
-    let t_sps = os::now_ns();
-    stop::restart_world();
-    super::SWEEP_TERM_PAUSES.record(t_sps - t0);
     if super::DEBUG_PAUSES.load(Relaxed) {
-        let (tid, ns, deferred) = stop::slowest_of_last_stop();
         fatal::warn(format_args!(
-            "sweep termination: {} µs (stop {}, marker {}, tiny {}, sps {}; restarting took {}); slowest thread {tid} stopped after {} µs{}",
-            (t_sps - t0) / 1000,
-            (t_stopped - t0) / 1000,
-            (t_marker - t_stopped) / 1000,
-            (t_tiny - t_marker) / 1000,
-            (t_sps - t_tiny) / 1000,
-            (os::now_ns() - t_sps) / 1000,
-            ns / 1000,
-            if deferred { " (was inside the allocator)" } else { "" }
+            "sweep termination (world running): {} µs (phase switched after {} µs)",
+            (os::now_ns() - t0) / 1000,
+            (t_flip - t0) / 1000
         ));
     }
 
@@ -650,6 +667,8 @@ struct StackPointers {
 }
 
 impl StackPointers {
+    /// The caller's stack pointer, the helpers' and those the threads
+    /// recorded at the last stop of the world (the current one, if stopped).
     fn new(my_sp: usize) -> StackPointers {
         let mut t = StackPointers {
             sps: [0; 256],

@@ -13,8 +13,9 @@
 //! 1. Sweep termination: finish sweeping the previous cycle, with the world running.
 //! 2. Stop the world (`stop`): every thread parks in a signal handler, or on
 //!    its way out of the allocator. Phase = Mark. With a dirty-page source
-//!    (`dirty`), the world restarts here and marking runs concurrently; see
-//!    `cycle` for that variant and its invariants.
+//!    (`dirty`), marking runs concurrently instead and this step is no stop
+//!    (phase = Mark with the world running); see `cycle` for that variant and
+//!    its invariants.
 //! 3. Roots (`roots`): every writable private mapping except magpie's own,
 //!    stacks from each thread's stack pointer up (registers included);
 //!    conservative marking of the heap (`mark`).
@@ -187,7 +188,7 @@ pub fn init() -> bool {
     static REGISTERED: AtomicBool = AtomicBool::new(false);
     if !REGISTERED.swap(true, Relaxed) {
         crate::sys::owned::register_registry();
-        for log in [&ALL_PAUSES, &SWEEP_TERM_PAUSES, &MARK_TERM_PAUSES] {
+        for log in [&ALL_PAUSES, &MARK_TERM_PAUSES] {
             crate::sys::owned::register_static(log);
         }
     }
@@ -615,10 +616,9 @@ impl PauseLog {
     }
 }
 
-/// Every pause; sweep terminations (concurrent cycles); mark terminations
-/// (in stop-the-world cycles, the whole mark).
+/// Every pause; mark terminations (in stop-the-world cycles, the whole
+/// mark). Sweep terminations do not stop the world (see `cycle`).
 static ALL_PAUSES: PauseLog = PauseLog::new();
-pub(crate) static SWEEP_TERM_PAUSES: PauseLog = PauseLog::new();
 pub(crate) static MARK_TERM_PAUSES: PauseLog = PauseLog::new();
 
 /// The next cycle's trigger: the live heap the cycle found grown by GOGC %,
@@ -748,8 +748,10 @@ pub struct GcStats {
     pub last_cycle_concurrent: bool,
     /// The dirty-page source: "uffd-wp-async", "soft-dirty" or "none".
     pub dirty_source: &'static str,
-    /// Pauses by kind: sweep termination (start of a concurrent mark) and
-    /// mark termination (a stop-the-world cycle's whole mark).
+    /// Pauses by kind: sweep termination (the start of a concurrent mark:
+    /// always empty, as it no longer stops the world; kept for the JSON
+    /// summary's readers) and mark termination (a stop-the-world cycle's
+    /// whole mark).
     pub sweep_termination: PauseSummary,
     pub mark_termination: PauseSummary,
     /// Time marking with the world running, summed over cycles.
@@ -814,7 +816,7 @@ pub fn stats() -> GcStats {
         concurrent: concurrent_enabled(),
         last_cycle_concurrent: C.last_concurrent.load(Relaxed),
         dirty_source: dirty::source_name(),
-        sweep_termination: SWEEP_TERM_PAUSES.summary(),
+        sweep_termination: PauseSummary::default(),
         mark_termination: MARK_TERM_PAUSES.summary(),
         concurrent_mark_ns: C.concurrent_mark_ns.load(Relaxed),
         rounds: C.rounds.load(Relaxed),
@@ -883,6 +885,30 @@ fn begin_sweep_pass() {
 /// whether it has free slots now (for a small span), or None when the pass
 /// is over.
 fn sweep_one() -> Option<(usize, bool)> {
+    SWEEPS_IN_FLIGHT.fetch_add(1, SeqCst);
+    let r = sweep_one_counted();
+    SWEEPS_IN_FLIGHT.fetch_sub(1, Release);
+    r
+}
+
+/// Threads inside [`sweep_one`]: a span it claimed is swept in chunks with
+/// the class lock dropped between them, so neither the sweep cursor nor the
+/// class locks say when the last sweep of a pass is over.
+static SWEEPS_IN_FLIGHT: AtomicU32 = AtomicU32::new(0);
+
+/// After [`sweep_all`]: waits until no sweep of the pass is still running
+/// (a thread may have claimed a span just before the pass ran out, and a
+/// sweep finishing during the next mark would clear that mark's bits). No
+/// new one starts: the cursor is at the end until mark termination begins
+/// the next pass. Only the collector waits; the program runs.
+pub(super) fn wait_for_sweeps() {
+    while SWEEPS_IN_FLIGHT.load(SeqCst) != 0 {
+        // SAFETY: sched_yield has no preconditions.
+        unsafe { libc::sched_yield() };
+    }
+}
+
+fn sweep_one_counted() -> Option<(usize, bool)> {
     loop {
         let c = SWEEP_CURSOR.load(Acquire);
         let (s, next) = heap::next_span_from(c)?;
@@ -893,6 +919,13 @@ fn sweep_one() -> Option<(usize, bool)> {
             continue;
         }
         let Some(s) = s else { continue };
+        // A mark never starts while a claimed span waits to be swept
+        // (`wait_for_sweeps`), nor while this thread is inside the allocator.
+        debug_assert!(!marking(), "span claimed for sweeping during a mark");
+        if crate::config::DEBUG_SLOW_SWEEP.load(Relaxed) && !on_collector_thread() {
+            // SAFETY: a plain sleep (test hook).
+            unsafe { libc::usleep(500) };
+        }
         let collect = mode() == Mode::Collect;
         let gen = sweepgen();
         // SAFETY: records are type-stable; sweep re-checks under its lock.

@@ -499,7 +499,8 @@ fn wait_unparked(max_ns: u64, recheck_ns: u64) {
 }
 
 /// The stack pointers recorded by the stopped threads (0 for threads that
-/// exited before answering).
+/// exited before answering): of the current stop, or between stops, of the
+/// last one (a concurrent mark's head start, see `cycle`).
 pub fn for_each_stopped(mut f: impl FnMut(i32, usize)) {
     for i in 0..TABLE.n.load(Acquire) {
         f(TABLE.tid[i].load(Relaxed), TABLE.sp[i].load(Relaxed));
