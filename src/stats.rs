@@ -250,27 +250,18 @@ pub fn write_summary(out: &mut impl Write, s: &Stats) -> core::fmt::Result {
                 us(g.throttled_ns) / 1000.0,
                 us(g.protect_ns) / 1000.0
             )?;
-            if st.count == 0 {
-                // Concurrent cycles start without stopping the world.
-                writeln!(
-                    out,
-                    "  pause kinds sweep termination: no stop; mark termination p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
-                    us(mt.p50_ns),
-                    us(mt.p99_ns),
-                    us(mt.max_ns)
-                )?;
-            } else {
-                writeln!(
-                    out,
-                    "  pause kinds sweep termination p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs; mark termination p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
-                    us(st.p50_ns),
-                    us(st.p99_ns),
-                    us(st.max_ns),
-                    us(mt.p50_ns),
-                    us(mt.p99_ns),
-                    us(mt.max_ns)
-                )?;
-            }
+            // Only a process's first concurrent cycle stops the world at
+            // sweep termination.
+            writeln!(
+                out,
+                "  pause kinds sweep termination {} stop{} (max {:.0} µs); mark termination p50 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                st.count,
+                if st.count == 1 { "" } else { "s" },
+                us(st.max_ns),
+                us(mt.p50_ns),
+                us(mt.p99_ns),
+                us(mt.max_ns)
+            )?;
         } else {
             let mut why = crate::sys::fatal::StackBuf::<512>::new();
             let _ = crate::gc::dirty::describe(&mut why);

@@ -39,7 +39,8 @@
 //!    `process_vm_readv`. Heap memory is never unmapped.
 //!
 //! **Sweep termination does not stop the world** (Go's and, before session
-//! 11, magpie's did). A stop there bought nothing the invariants need, and it
+//! 11, magpie's did), except in a process's first concurrent cycle, which
+//! stops once to take the threads' stack pointers for the head start below. A stop there bought nothing the invariants need, and it
 //! was the pause that went long: it came after the collector's CPU-bound
 //! sweep and protection, when some program thread was runnable but not
 //! running, and every multi-millisecond stop traced at 1 GiB (2.4–5.6 ms,
@@ -187,9 +188,17 @@ fn stop_the_world(my_sp: usize) -> Option<u64> {
 /// The concurrent mark (the heap was just protected). Returns the bytes
 /// marked, or None if the cycle was abandoned.
 fn concurrent(my_sp: usize) -> Option<u64> {
-    // Sweep termination, with the world running (see the module docs).
+    // Sweep termination, with the world running (see the module docs) but
+    // in the process's first concurrent cycle, which has no stack pointers
+    // from an earlier stop for its head start and stops the world to take
+    // them: at the start of binary-trees, marking the tree and the array
+    // that only the main thread's stack holds took the final pause to 3 ms.
     let t0 = os::now_ns();
     super::wait_for_sweeps();
+    let stopped = !stop::have_stack_pointers();
+    if stopped && !stop_or_abandon() {
+        return None;
+    }
     let gen = SWEEPGEN.load(Relaxed);
     PHASE.store(Phase::Mark as u8, SeqCst);
     ALLOC_TAG.store(span::alloc_byte(gen + 1), SeqCst);
@@ -199,7 +208,7 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     heap::lock_barrier();
     let t_flip = os::now_ns();
     let Some(mut m) = mark::Marker::new() else {
-        abandon(gen, false);
+        abandon(gen, stopped);
         return None;
     };
     m.set_black_gen(gen + 1);
@@ -212,9 +221,18 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     // Frames popped since are retained from conservatively for one cycle;
     // threads started since wait for termination.
     let sps = StackPointers::new(my_sp);
+    if stopped {
+        super::SWEEP_TERM_PAUSES.record(os::now_ns() - t0);
+        stop::restart_world();
+    }
     if super::DEBUG_PAUSES.load(Relaxed) {
         fatal::warn(format_args!(
-            "sweep termination (world running): {} µs (phase switched after {} µs)",
+            "sweep termination ({}): {} µs (phase switched after {} µs)",
+            if stopped {
+                "world stopped"
+            } else {
+                "world running"
+            },
             (os::now_ns() - t0) / 1000,
             (t_flip - t0) / 1000
         ));

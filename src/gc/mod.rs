@@ -188,7 +188,7 @@ pub fn init() -> bool {
     static REGISTERED: AtomicBool = AtomicBool::new(false);
     if !REGISTERED.swap(true, Relaxed) {
         crate::sys::owned::register_registry();
-        for log in [&ALL_PAUSES, &MARK_TERM_PAUSES] {
+        for log in [&ALL_PAUSES, &SWEEP_TERM_PAUSES, &MARK_TERM_PAUSES] {
             crate::sys::owned::register_static(log);
         }
     }
@@ -616,9 +616,11 @@ impl PauseLog {
     }
 }
 
-/// Every pause; mark terminations (in stop-the-world cycles, the whole
-/// mark). Sweep terminations do not stop the world (see `cycle`).
+/// Every pause; sweep terminations (only a process's first concurrent cycle
+/// stops the world there, see `cycle`); mark terminations (in stop-the-world
+/// cycles, the whole mark).
 static ALL_PAUSES: PauseLog = PauseLog::new();
+pub(crate) static SWEEP_TERM_PAUSES: PauseLog = PauseLog::new();
 pub(crate) static MARK_TERM_PAUSES: PauseLog = PauseLog::new();
 
 /// The next cycle's trigger: the live heap the cycle found grown by GOGC %,
@@ -748,10 +750,9 @@ pub struct GcStats {
     pub last_cycle_concurrent: bool,
     /// The dirty-page source: "uffd-wp-async", "soft-dirty" or "none".
     pub dirty_source: &'static str,
-    /// Pauses by kind: sweep termination (the start of a concurrent mark:
-    /// always empty, as it no longer stops the world; kept for the JSON
-    /// summary's readers) and mark termination (a stop-the-world cycle's
-    /// whole mark).
+    /// Pauses by kind: sweep termination (the start of a concurrent mark,
+    /// which stops the world only in the process's first concurrent cycle)
+    /// and mark termination (a stop-the-world cycle's whole mark).
     pub sweep_termination: PauseSummary,
     pub mark_termination: PauseSummary,
     /// Time marking with the world running, summed over cycles.
@@ -816,7 +817,7 @@ pub fn stats() -> GcStats {
         concurrent: concurrent_enabled(),
         last_cycle_concurrent: C.last_concurrent.load(Relaxed),
         dirty_source: dirty::source_name(),
-        sweep_termination: PauseSummary::default(),
+        sweep_termination: SWEEP_TERM_PAUSES.summary(),
         mark_termination: MARK_TERM_PAUSES.summary(),
         concurrent_mark_ns: C.concurrent_mark_ns.load(Relaxed),
         rounds: C.rounds.load(Relaxed),

@@ -498,6 +498,12 @@ fn wait_unparked(max_ns: u64, recheck_ns: u64) {
     futex::wait_until(&PARKED, recheck_ns, |_| max_ns, |p| p == 0);
 }
 
+/// Whether a stop of the world has recorded stack pointers (see
+/// [`for_each_stopped`]).
+pub fn have_stack_pointers() -> bool {
+    (0..TABLE.n.load(Acquire)).any(|i| TABLE.sp[i].load(Relaxed) != 0)
+}
+
 /// The stack pointers recorded by the stopped threads (0 for threads that
 /// exited before answering): of the current stop, or between stops, of the
 /// last one (a concurrent mark's head start, see `cycle`).
