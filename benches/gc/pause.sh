@@ -114,7 +114,7 @@ mstat() { # what size variant
     p99) out=$(sed -n 's/^  pauses  *p50 [0-9]* µs, p99 \([0-9]*\) µs.*/\1/p' "${ok[@]}") ;;
     p50) out=$(sed -n 's/^  pauses  *p50 \([0-9]*\) µs.*/\1/p' "${ok[@]}") ;;
     cycles) out=$(sed -n 's/^  collector  *collect: \([0-9]*\) cycles.*/\1/p' "${ok[@]}") ;;
-    st_max) out=$(sed -n 's/^  pause kinds sweep termination .* max \([0-9]*\) µs; mark.*/\1/p' "${ok[@]}") ;;
+    st_max) out=$(sed -n 's/^  pause kinds sweep termination [0-9]* stops* (max \([0-9]*\) µs); mark.*/\1/p' "${ok[@]}") ;;
     mt_p99) out=$(sed -n 's/^  pause kinds .*mark termination p50 [0-9]* µs, p99 \([0-9]*\) µs.*/\1/p' "${ok[@]}") ;;
     mt_max) out=$(sed -n 's/^  pause kinds .*mark termination .* max \([0-9]*\) µs$/\1/p' "${ok[@]}") ;;
     rounds) out=$(sed -n 's/^  concurrent .*; \([0-9]*\) termination rounds.*/\1/p' "${ok[@]}") ;;
