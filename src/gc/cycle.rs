@@ -40,11 +40,12 @@
 //!
 //! **Sweep termination does not stop the world** (Go's and, before session
 //! 11, magpie's did), except in a process's first concurrent cycle, which
-//! stops once to take the threads' stack pointers for the head start below. A stop there bought nothing the invariants need, and it
-//! was the pause that went long: it came after the collector's CPU-bound
-//! sweep and protection, when some program thread was runnable but not
-//! running, and every multi-millisecond stop traced at 1 GiB (2.4–5.6 ms,
-//! against 0.1–0.3 ms usually) waited for such a thread. Instead:
+//! stops once to take the threads' stack pointers for the head start below.
+//! The invariants do not need that stop, and it was the pause that went
+//! long: it came after the collector's CPU-bound sweep and protection, when
+//! some program thread was runnable but not running, and every
+//! multi-millisecond stop traced at 1 GiB (2.4–5.6 ms, against 0.1–0.3 ms
+//! usually) waited for such a thread. Instead:
 //! - A thread that allocates with the old tag after the switch makes an
 //!    ordinary white object: reachable, it is found by termination's rescans
 //!    like any other (invariant 3); allocating black is an economy, not a
