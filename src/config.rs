@@ -22,11 +22,11 @@ pub static RETAIN: AtomicUsize = AtomicUsize::new(64 << 20);
 /// 300 µs longer to make, which widens any window in which a fresh span is
 /// on no list (the fork tests use it).
 pub static DEBUG_SLOW_GROWTH: AtomicBool = AtomicBool::new(false);
-/// `MAGPIE_DEBUG_SLOW_SWEEP=1` (test hook): a program thread that claims a
-/// span to sweep waits 500 µs before sweeping it, which widens the window in
-/// which a sweep of the last pass is still running when the next concurrent
-/// mark starts (`gc::wait_for_sweeps` must wait for it).
-pub static DEBUG_SLOW_SWEEP: AtomicBool = AtomicBool::new(false);
+/// `MAGPIE_DEBUG_SLOW_SWEEP=N` (test hook, microseconds, 0 = off): a program
+/// thread that claims a span to sweep waits N µs before sweeping it, which
+/// widens the window in which a sweep of the last pass is still running when
+/// the next concurrent mark starts (`gc::wait_for_sweeps` must wait for it).
+pub static DEBUG_SLOW_SWEEP_US: AtomicU64 = AtomicU64::new(0);
 /// `MAGPIE_RESERVE`: address space reserved for the heap (tried first, halved on refusal).
 pub static RESERVE: AtomicUsize = AtomicUsize::new(1 << 40);
 
@@ -49,7 +49,10 @@ pub fn load() {
         Relaxed,
     );
     DEBUG_SLOW_GROWTH.store(env::get_bool("MAGPIE_DEBUG_SLOW_GROWTH", false), Relaxed);
-    DEBUG_SLOW_SWEEP.store(env::get_bool("MAGPIE_DEBUG_SLOW_SWEEP", false), Relaxed);
+    DEBUG_SLOW_SWEEP_US.store(
+        env::get_u64("MAGPIE_DEBUG_SLOW_SWEEP", 0, 0, 10_000_000),
+        Relaxed,
+    );
     if env::get_bool("MAGPIE_DEBUG_REMOTE_ALL", false) {
         crate::alloc::central::REMOTE_HDR_LIMIT.store(usize::MAX, Relaxed);
     }

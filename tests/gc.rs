@@ -458,6 +458,55 @@ scenario!(tiny_block_held_only_by_a_cache_is_reclaimed, &[], {
     }
 });
 
+// A sweep of the last pass still running after the stop timeout (here a
+// thread that sleeps 300 ms after claiming a span, through the test hook)
+// makes the next concurrent cycle give up rather than wait for it: a mark
+// that started under it would have its bits cleared by it.
+scenario!(
+    sweep_running_past_the_stop_timeout_abandons_the_cycle,
+    &[
+        ("MAGPIE_STOP_TIMEOUT_MS", "50"),
+        ("MAGPIE_DEBUG_SLOW_SWEEP", "300000"),
+    ],
+    {
+        static DONE: AtomicBool = AtomicBool::new(false);
+        let keep = Box::new([77u64; 8]);
+        // An allocating thread: with the garbage's spans unswept its class
+        // has no partial span, so its refills sweep (and sleep in the hook).
+        let t = std::thread::spawn(|| {
+            while !DONE.load(Ordering::SeqCst) {
+                for _ in 0..1000 {
+                    std::hint::black_box(Box::new([0u64; 8]));
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            }
+        });
+        let mut abandoned = false;
+        for _ in 0..20 {
+            for _ in 0..200_000 {
+                std::mem::forget(std::hint::black_box(Box::new([1u64; 8])));
+            }
+            let before = magpie::stats().gc.abandoned;
+            let first = magpie::collect();
+            let second = magpie::collect();
+            if magpie::stats().gc.abandoned > before {
+                assert!(
+                    !(first && second),
+                    "a cycle was counted abandoned but both ran"
+                );
+                abandoned = true;
+                break;
+            }
+        }
+        DONE.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        assert!(abandoned, "no cycle waited past the timeout for a sweep");
+        assert!(keep.iter().all(|&w| w == 77));
+        // Cycles run again once the sweep is over.
+        assert!(magpie::collect(), "no cycle after the sweep ended");
+    }
+);
+
 scenario!(
     thread_blocking_the_stop_signal_abandons_the_cycle,
     &[("MAGPIE_STOP_TIMEOUT_MS", "200")],

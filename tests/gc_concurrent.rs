@@ -517,9 +517,9 @@ scenarios! {
     // claiming a span and sweeping it, so a sweep of the last pass is often
     // still running when the next mark starts (without a stop since session
     // 11): the mark must wait for it, or the sweep clears its marks.
-    late_sweeps_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_DEBUG_SLOW_SWEEP", "1")];
-    late_sweeps_move_into_fresh_objects: "into_fresh_object", &[("MAGPIE_DEBUG_SLOW_SWEEP", "1")];
-    late_sweeps_move_between_threads: "queue_between_threads", &[("MAGPIE_DEBUG_SLOW_SWEEP", "1")];
+    late_sweeps_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_DEBUG_SLOW_SWEEP", "500")];
+    late_sweeps_move_into_fresh_objects: "into_fresh_object", &[("MAGPIE_DEBUG_SLOW_SWEEP", "500")];
+    late_sweeps_move_between_threads: "queue_between_threads", &[("MAGPIE_DEBUG_SLOW_SWEEP", "500")];
     // Helpers mark beside the program's threads in every concurrent mark (as
     // they do when a throttled thread lends its CPU).
     helpers_marking_concurrently_move_between_heap_objects: "heap_to_heap", &[("MAGPIE_MARKERS", "3"), ("MAGPIE_DEBUG_MARK_CONCURRENTLY", "1")];

@@ -195,7 +195,9 @@ fn concurrent(my_sp: usize) -> Option<u64> {
     // them: at the start of binary-trees, marking the tree and the array
     // that only the main thread's stack holds took the final pause to 3 ms.
     let t0 = os::now_ns();
-    super::wait_for_sweeps();
+    if !super::wait_for_sweeps() {
+        return None;
+    }
     let stopped = !stop::have_stack_pointers();
     if stopped && !stop_or_abandon() {
         return None;

@@ -901,12 +901,28 @@ static SWEEPS_IN_FLIGHT: AtomicU32 = AtomicU32::new(0);
 /// (a thread may have claimed a span just before the pass ran out, and a
 /// sweep finishing during the next mark would clear that mark's bits). No
 /// new one starts: the cursor is at the end until mark termination begins
-/// the next pass. Only the collector waits; the program runs.
-pub(super) fn wait_for_sweeps() {
+/// the next pass. Only the collector waits; the program runs. False if a
+/// sweep is still running after the stop timeout (its thread cannot get
+/// on, as a thread that does not stop): the caller gives the cycle up.
+pub(super) fn wait_for_sweeps() -> bool {
+    let t0 = crate::sys::os::now_ns();
+    let mut yields = 0u32;
     while SWEEPS_IN_FLIGHT.load(SeqCst) != 0 {
-        // SAFETY: sched_yield has no preconditions.
-        unsafe { libc::sched_yield() };
+        if crate::sys::os::now_ns() - t0 > STOP_TIMEOUT_NS.load(Relaxed) {
+            C.abandoned.fetch_add(1, Relaxed);
+            return false;
+        }
+        yields += 1;
+        if yields < 100 {
+            // SAFETY: sched_yield has no preconditions.
+            unsafe { libc::sched_yield() };
+        } else {
+            // A sweeper descheduled for long: sleep rather than spin.
+            // SAFETY: a plain sleep.
+            unsafe { libc::usleep(50) };
+        }
     }
+    true
 }
 
 fn sweep_one_counted() -> Option<(usize, bool)> {
@@ -923,9 +939,10 @@ fn sweep_one_counted() -> Option<(usize, bool)> {
         // A mark never starts while a claimed span waits to be swept
         // (`wait_for_sweeps`), nor while this thread is inside the allocator.
         debug_assert!(!marking(), "span claimed for sweeping during a mark");
-        if crate::config::DEBUG_SLOW_SWEEP.load(Relaxed) && !on_collector_thread() {
+        let slow = crate::config::DEBUG_SLOW_SWEEP_US.load(Relaxed);
+        if slow > 0 && !on_collector_thread() {
             // SAFETY: a plain sleep (test hook).
-            unsafe { libc::usleep(500) };
+            unsafe { libc::usleep(slow as u32) };
         }
         let collect = mode() == Mode::Collect;
         let gen = sweepgen();
