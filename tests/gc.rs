@@ -471,18 +471,19 @@ scenario!(
     {
         static DONE: AtomicBool = AtomicBool::new(false);
         let keep = Box::new([77u64; 8]);
-        // An allocating thread: with the garbage's spans unswept its class
-        // has no partial span, so its refills sweep (and sleep in the hook).
+        // An allocating thread that keeps nothing: with the garbage's spans
+        // unswept its class has no partial span, so its refills sweep (and
+        // sleep in the hook).
         let t = std::thread::spawn(|| {
             while !DONE.load(Ordering::SeqCst) {
                 for _ in 0..1000 {
-                    std::hint::black_box(Box::new([0u64; 8]));
+                    std::mem::forget(std::hint::black_box(Box::new([0u64; 8])));
                 }
                 std::thread::sleep(Duration::from_micros(100));
             }
         });
         let mut abandoned = false;
-        for _ in 0..20 {
+        for _ in 0..50 {
             for _ in 0..200_000 {
                 std::mem::forget(std::hint::black_box(Box::new([1u64; 8])));
             }
