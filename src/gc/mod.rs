@@ -905,22 +905,12 @@ static SWEEPS_IN_FLIGHT: AtomicU32 = AtomicU32::new(0);
 /// sweep is still running after the stop timeout (its thread cannot get
 /// on, as a thread that does not stop): the caller gives the cycle up.
 pub(super) fn wait_for_sweeps() -> bool {
-    let t0 = crate::sys::os::now_ns();
-    let mut yields = 0u32;
-    while SWEEPS_IN_FLIGHT.load(SeqCst) != 0 {
-        if crate::sys::os::now_ns() - t0 > STOP_TIMEOUT_NS.load(Relaxed) {
-            C.abandoned.fetch_add(1, Relaxed);
-            return false;
-        }
-        yields += 1;
-        if yields < 100 {
-            // SAFETY: sched_yield has no preconditions.
-            unsafe { libc::sched_yield() };
-        } else {
-            // A sweeper descheduled for long: sleep rather than spin.
-            // SAFETY: a plain sleep.
-            unsafe { libc::usleep(50) };
-        }
+    // Sweepers do not wake the collector: it looks again every 50 µs.
+    let timeout = STOP_TIMEOUT_NS.load(Relaxed);
+    futex::wait_until(&SWEEPS_IN_FLIGHT, 50_000, |_| timeout, |v| v == 0);
+    if SWEEPS_IN_FLIGHT.load(SeqCst) != 0 {
+        C.abandoned.fetch_add(1, Relaxed);
+        return false;
     }
     true
 }
